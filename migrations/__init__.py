@@ -1,0 +1,1 @@
+"""Alembic migrations for Squall; they run on SQLite and on PostgreSQL."""

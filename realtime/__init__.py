@@ -1,0 +1,1 @@
+"""The Squall node: settings, storage, services, and the server that runs them."""

@@ -1,0 +1,61 @@
+"""Everything one node holds, built once from settings and shared by every
+handler."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from realtime.blobs import BlobStore, LocalBlobStore
+from realtime.ratelimit import KeyedLimiter
+from realtime.security.tokens import TokenCodec
+from realtime.services.accounts import AccountService
+from realtime.services.devices import DeviceService
+from realtime.services.uploads import UploadService
+from realtime.settings import Settings
+from realtime.storage.database import Database
+from realtime.storage.migrate import ensure_migrated
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Node:
+    settings: Settings
+    db: Database
+    tokens: TokenCodec
+    accounts: AccountService
+    devices: DeviceService
+    uploads: UploadService
+    blobs: BlobStore
+    # Login and register attempts, keyed by client address and by username.
+    auth_limiter: KeyedLimiter
+    draining: bool = field(default=False)
+
+    @property
+    def node_id(self) -> str:
+        return self.settings.effective_node_id
+
+    async def close(self) -> None:
+        await self.db.close()
+
+
+async def build_node(settings: Settings, *, check_schema: bool = True) -> Node:
+    """Open storage and wire the services. Refuses an unmigrated database."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if check_schema:
+        await ensure_migrated(settings.sqlalchemy_url)
+    db = Database(settings.sqlalchemy_url)
+    tokens = TokenCodec.from_settings(settings)
+    blobs = LocalBlobStore(settings.data_dir / "blobs")
+    per_minute = settings.auth_rate_per_minute
+    return Node(
+        settings=settings,
+        db=db,
+        tokens=tokens,
+        accounts=AccountService(db, tokens),
+        devices=DeviceService(db),
+        uploads=UploadService(db, blobs, settings.public_url),
+        blobs=blobs,
+        auth_limiter=KeyedLimiter(rate=per_minute / 60.0, burst=per_minute),
+    )

@@ -1,0 +1,1 @@
+"""Passwords and tokens: the rules kept pure so they test without a server."""

@@ -1,0 +1,68 @@
+"""The Tornado application of a node, and running it until a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+
+from realtime.node import Node, build_node
+from realtime.settings import Settings
+from rest.base import NotFoundHandler
+from rest.routes import url_rules
+
+logger = logging.getLogger(__name__)
+
+
+def make_app(node: Node) -> tornado.web.Application:
+    return tornado.web.Application(
+        url_rules(node),
+        default_handler_class=NotFoundHandler,
+        default_handler_args={"node": node},
+        compress_response=False,
+        xsrf_cookies=False,
+    )
+
+
+def urls(settings: Settings, port: int) -> dict[str, str]:
+    host = settings.host if settings.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+    base = settings.public_url.rstrip("/") or f"http://{host}:{port}"
+    return {
+        "REST API": f"{base}/v1",
+        "OpenAPI document": f"{base}/openapi.json",
+        "Health": f"{base}/healthz",
+    }
+
+
+async def serve(settings: Settings) -> None:
+    """Run a node until SIGINT or SIGTERM."""
+    node = await build_node(settings)
+    server = tornado.httpserver.HTTPServer(
+        make_app(node),
+        xheaders=settings.behind_proxy,
+        max_body_size=settings.upload_max_bytes + 1,
+        idle_connection_timeout=120,
+        body_timeout=300,
+    )
+    sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
+    logger.info("node %s listening on %s:%d", node.node_id, settings.host, port)
+    for name, url in urls(settings, port).items():
+        print(f"  {name:<18} {url}", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    logger.info("stopping node %s", node.node_id)
+    node.draining = True
+    server.stop()
+    await server.close_all_connections()
+    await node.close()

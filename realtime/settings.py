@@ -1,0 +1,299 @@
+"""One settings model for the node, read from ``SQUALL_*`` environment variables.
+
+With nothing set, a node runs embedded: SQLite in the data directory, the
+in-process bus and broker, the log push provider, and a JWT secret made on
+first start and kept in the data directory. Setting a PostgreSQL database
+URL marks a production deployment, where weak or missing secrets stop the
+node at start instead of being generated.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import secrets
+import socket
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIN_HS_SECRET_BYTES = 32
+SECRET_FILE_NAME = "jwt_secret"
+
+
+class SettingsError(Exception):
+    """Settings that cannot run a node; the message says what to change."""
+
+
+class JwtAlgorithm(enum.StrEnum):
+    HS256 = "HS256"
+    RS256 = "RS256"
+    EDDSA = "EdDSA"
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of a node. Each field's description states its default."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SQUALL_", extra="ignore", validate_default=True
+    )
+
+    # Where the node lives.
+    data_dir: Path = Field(
+        default=Path("data"),
+        description="Directory for the SQLite file, uploads and the generated "
+        "JWT secret. Default `./data`.",
+    )
+    host: str = Field(
+        default="127.0.0.1", description="Address to listen on. Default `127.0.0.1`."
+    )
+    port: int = Field(
+        default=8000, ge=0, le=65535, description="Port to listen on. Default `8000`."
+    )
+    node_id: str = Field(
+        default="",
+        max_length=64,
+        description="Name of this node in logs and metrics. Default: host name "
+        "and port.",
+    )
+    public_url: str = Field(
+        default="",
+        description="Base URL clients reach this node at, used in links such as "
+        "upload URLs. Default: links are relative (`/v1/...`).",
+    )
+
+    behind_proxy: bool = Field(
+        default=False,
+        description="Trust `X-Forwarded-For` and `X-Real-Ip` from a load "
+        "balancer for client addresses. Default false.",
+    )
+
+    # Backing services.
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL. `postgresql://...` (asyncpg) marks a "
+        "production deployment. Default: SQLite file `squall.db` in the data "
+        "directory.",
+    )
+    redis_url: str = Field(
+        default="",
+        description="Redis URL for the bus and the job broker. Default: none "
+        "(in-process bus and broker, one node).",
+    )
+
+    # Tokens.
+    jwt_algorithm: JwtAlgorithm = Field(
+        default=JwtAlgorithm.HS256,
+        description="Signing algorithm: `HS256`, `RS256` or `EdDSA`. Default `HS256`.",
+    )
+    jwt_secret: SecretStr | None = Field(
+        default=None,
+        description="HS256 secret, at least 32 bytes. Default: generated once "
+        "into the data directory (embedded mode only; required in production).",
+    )
+    jwt_private_key_file: Path | None = Field(
+        default=None,
+        description="PEM private key for RS256/EdDSA. Default: none.",
+    )
+    jwt_public_key_file: Path | None = Field(
+        default=None,
+        description="PEM public key for RS256/EdDSA. Default: none.",
+    )
+    jwt_key_id: str = Field(
+        default="",
+        max_length=128,
+        description="`kid` header written on tokens and required on those "
+        "verified (RS256/EdDSA). Default: none.",
+    )
+    jwt_issuer: str = Field(
+        default="squall", description="`iss` claim. Default `squall`."
+    )
+    jwt_audience: str = Field(
+        default="squall", description="`aud` claim. Default `squall`."
+    )
+    access_token_ttl_s: int = Field(
+        default=15 * 60, ge=30, description="Access token lifetime. Default 900 s."
+    )
+    refresh_token_ttl_s: int = Field(
+        default=30 * 24 * 3600,
+        ge=60,
+        description="Refresh token lifetime; each use starts a new one. "
+        "Default 30 days.",
+    )
+    jwt_leeway_s: int = Field(
+        default=5, ge=0, le=300, description="Clock skew tolerated. Default 5 s."
+    )
+
+    # Accounts.
+    registration_open: bool = Field(
+        default=True,
+        description="Whether `POST /v1/auth/register` accepts new accounts. "
+        "Default true.",
+    )
+    auth_rate_per_minute: int = Field(
+        default=10,
+        ge=1,
+        description="Login and register attempts per client address and per "
+        "username per minute. Default 10.",
+    )
+
+    # HTTP surface.
+    max_json_body_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="Largest JSON request body. Default 64 KiB.",
+    )
+    upload_max_bytes: int = Field(
+        default=25 * 1024 * 1024,
+        ge=1,
+        description="Largest upload, enforced while streaming. Default 25 MiB.",
+    )
+    upload_allowed_types: Annotated[list[str], NoDecode] = Field(
+        default=[
+            "image/jpeg",
+            "image/png",
+            "image/gif",
+            "image/webp",
+            "video/mp4",
+            "audio/mpeg",
+            "audio/ogg",
+            "audio/mp4",
+            "application/pdf",
+            "text/plain",
+        ],
+        description="Content types accepted for upload, comma separated. "
+        "Default: common images, audio, mp4 video, PDF and plain text.",
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        description="Browser origins allowed to call the API and open sockets, "
+        "comma separated; `*` allows any. Native clients send no Origin and are "
+        "always allowed. Default: none.",
+    )
+
+    # Logging.
+    log_level: str = Field(default="INFO", description="Log level. Default `INFO`.")
+    log_json: bool = Field(
+        default=False, description="One JSON object per log line. Default false."
+    )
+
+    @field_validator("upload_allowed_types", "allowed_origins", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError(f"unknown log level {value!r}")
+        return level
+
+    @model_validator(mode="after")
+    def _check_keys(self) -> Settings:
+        if self.jwt_algorithm is JwtAlgorithm.HS256:
+            if self.production and self.jwt_secret is None:
+                raise ValueError(
+                    "SQUALL_JWT_SECRET is required when SQUALL_DATABASE_URL points "
+                    "at PostgreSQL; set it to a random string of at least "
+                    f"{MIN_HS_SECRET_BYTES} bytes"
+                )
+            if self.jwt_secret is not None and (
+                len(self.jwt_secret.get_secret_value().encode()) < MIN_HS_SECRET_BYTES
+            ):
+                raise ValueError(
+                    f"SQUALL_JWT_SECRET must be at least {MIN_HS_SECRET_BYTES} bytes"
+                )
+        else:
+            if not (self.jwt_private_key_file and self.jwt_public_key_file):
+                raise ValueError(
+                    f"SQUALL_JWT_ALGORITHM={self.jwt_algorithm.value} needs "
+                    "SQUALL_JWT_PRIVATE_KEY_FILE and SQUALL_JWT_PUBLIC_KEY_FILE"
+                )
+        return self
+
+    @property
+    def production(self) -> bool:
+        """True when the node shares PostgreSQL with others."""
+        return self.database_url.startswith(("postgresql", "postgres"))
+
+    @cached_property
+    def sqlalchemy_url(self) -> str:
+        """The database URL with the async driver each engine needs."""
+        url = self.database_url
+        if not url:
+            return f"sqlite+aiosqlite:///{(self.data_dir / 'squall.db').resolve()}"
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+asyncpg://" + url[len(prefix) :]
+        if url.startswith("sqlite://"):
+            return "sqlite+aiosqlite://" + url[len("sqlite://") :]
+        return url
+
+    @property
+    def effective_node_id(self) -> str:
+        if self.node_id:
+            return self.node_id
+        return f"{socket.gethostname()}:{self.port}"
+
+    def hs_secret(self) -> bytes:
+        """The HS256 secret, generating and storing one in embedded mode."""
+        if self.jwt_secret is not None:
+            return self.jwt_secret.get_secret_value().encode()
+        return load_or_create_secret(self.data_dir / SECRET_FILE_NAME)
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    """Read the embedded JWT secret, creating it with mode 0600 the first time."""
+    try:
+        secret = path.read_bytes().strip()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        secret = secrets.token_urlsafe(48).encode()
+        # O_EXCL: two nodes starting at once on one data dir must agree.
+        try:
+            fd = _open_exclusive(path)
+        except FileExistsError:
+            return load_or_create_secret(path)
+        with open(fd, "wb") as fh:
+            fh.write(secret + b"\n")
+        return secret
+    if len(secret) < MIN_HS_SECRET_BYTES:
+        raise SettingsError(
+            f"the JWT secret in {path} is shorter than {MIN_HS_SECRET_BYTES} bytes; "
+            "delete the file to make a new one"
+        )
+    return secret
+
+
+def _open_exclusive(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, turning errors into SettingsError."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "settings"
+            env = f"SQUALL_{name.upper()}" if err["loc"] else name
+            lines.append(f"{env}: {err['msg']}")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from exc

@@ -1,0 +1,1 @@
+"""Storage: one SQLAlchemy model, run on SQLite (embedded) or PostgreSQL."""

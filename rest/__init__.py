@@ -1,0 +1,1 @@
+"""Squall's HTTP surface: JSON handlers over the same services as the socket."""
