@@ -45,8 +45,3 @@ def configure(level: str, *, json: bool, node_id: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Tornado logs every request at info; one line per request is plenty, but
-    # at warning only failures show.
-    logging.getLogger("tornado.access").setLevel(
-        logging.INFO if level == "DEBUG" else logging.WARNING
-    )

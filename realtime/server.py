@@ -18,11 +18,38 @@ from rest.routes import url_rules
 logger = logging.getLogger(__name__)
 
 
+access_log = logging.getLogger("squall.access")
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """One line per request, at a level by whose fault a failure is."""
+    status = handler.get_status()
+    if status >= 500:
+        level = logging.ERROR
+    elif status >= 400:
+        level = logging.INFO
+    else:
+        level = logging.DEBUG
+    if not access_log.isEnabledFor(level):
+        return
+    request = handler.request
+    access_log.log(
+        level,
+        "%d %s %s (%s) %.1fms",
+        status,
+        request.method,
+        request.path,
+        request.remote_ip,
+        1000.0 * request.request_time(),
+    )
+
+
 def make_app(node: Node) -> tornado.web.Application:
     return tornado.web.Application(
         url_rules(node),
         default_handler_class=NotFoundHandler,
         default_handler_args={"node": node},
+        log_function=log_request,
         compress_response=False,
         xsrf_cookies=False,
     )
@@ -44,7 +71,7 @@ async def serve(settings: Settings) -> None:
     server = tornado.httpserver.HTTPServer(
         make_app(node),
         xheaders=settings.behind_proxy,
-        max_body_size=settings.upload_max_bytes + 1,
+        max_body_size=settings.upload_max_bytes + 1024 * 1024,
         idle_connection_timeout=120,
         body_timeout=300,
     )

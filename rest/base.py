@@ -7,9 +7,12 @@ traceback and answered ``internal_error`` without internals.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import math
 import uuid
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
@@ -37,6 +40,13 @@ _STATUS_CODES = {
     503: ErrorCode.UNAVAILABLE,
 }
 
+# Tornado hands a body over in pieces of at most 64 KiB.
+_SLACK = 1024 * 1024
+
+# How much of a refused body is read and dropped before the connection is
+# cut: enough for a client that only reads after sending to see the answer.
+_DRAIN_LIMIT = 8 * 1024 * 1024
+
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
 
@@ -53,6 +63,10 @@ class ApiHandler(tornado.web.RequestHandler):
         self.node = node
         self._body = bytearray()
         self._principal: Principal | None = None
+        #: Headers an error response keeps, e.g. Content-Range on a 416.
+        self.error_headers: dict[str, str] = {}
+        self._refused = False
+        self._drained = 0
 
     # Request lifecycle.
 
@@ -67,9 +81,9 @@ class ApiHandler(tornado.web.RequestHandler):
     async def prepare(self) -> None:
         self._apply_cors()
         limit = self.body_limit()
-        # Tornado's own cap answers a bare 400; keep it above ours so that
-        # ours, with a proper 413, is the one that fires.
-        self.request.connection.set_max_body_size(limit + 1)  # type: ignore[union-attr]
+        # Tornado's own cap answers a bare 400; keep it a read buffer above
+        # ours so that ours, with a proper 413, is the one that fires.
+        self.request.connection.set_max_body_size(limit + _SLACK)  # type: ignore[union-attr]
         declared = self.request.headers.get("Content-Length")
         if declared is not None:
             try:
@@ -82,32 +96,72 @@ class ApiHandler(tornado.web.RequestHandler):
                 )
 
     def data_received(self, chunk: bytes) -> Any:
-        if self._finished:
+        if self.refusing_body(len(chunk)):
             return None
         if len(self._body) + len(chunk) > self.body_limit():
-            self.fail(
-                ApiError(
-                    ErrorCode.PAYLOAD_TOO_LARGE,
-                    details={"max_bytes": self.body_limit()},
-                )
-            )
+            self.refuse_body(self.too_large())
             return None
         self._body += chunk
         return None
+
+    def too_large(self) -> ApiError:
+        return ApiError(
+            ErrorCode.PAYLOAD_TOO_LARGE, details={"max_bytes": self.body_limit()}
+        )
+
+    def refuse_body(self, error: ApiError) -> None:
+        """Answer ``error`` now, in the middle of the body, and drop the rest.
+
+        Closing at once would lose the answer: a socket closed with unread
+        input is reset, and the reset discards what was still being sent. So
+        the answer is flushed, the rest of the body is read and thrown away
+        up to a bound, and only a client that goes past it is cut off.
+        """
+        self._refused = True
+        self._drained = 0
+        self.clear()
+        self._render_error(error)
+        self.flush()
+
+    def refusing_body(self, incoming: int) -> bool:
+        """True when a refused body is being drained (and counts it)."""
+        if not self._refused:
+            return self._finished
+        self._drained += incoming
+        if self._drained > _DRAIN_LIMIT and not self._finished:
+            self.finish()
+        return True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A refused body has been answered already; the method must not run.
+        for name in ("get", "head", "post", "put", "patch", "delete"):
+            method = cls.__dict__.get(name)
+            if method is not None:
+                setattr(cls, name, _skipped_when_refused(method))
 
     def options(self, *args: str, **kwargs: str) -> None:
         # CORS preflight; prepare() already set or refused the headers.
         self.set_status(204)
         self.finish()
 
-    def _apply_cors(self) -> None:
+    def _origin_allowed(self) -> bool | None:
+        """None for requests without an Origin (native clients)."""
         origin = self.request.headers.get("Origin")
         if origin is None:
-            return
+            return None
         allowed = self.node.settings.allowed_origins
-        if "*" not in allowed and origin not in allowed:
+        return "*" in allowed or origin in allowed
+
+    def _apply_cors(self) -> None:
+        verdict = self._origin_allowed()
+        if verdict is False:
             raise ApiError(ErrorCode.FORBIDDEN, "This origin is not allowed.")
-        self.set_header("Access-Control-Allow-Origin", origin)
+        if verdict:
+            self._set_cors_headers()
+
+    def _set_cors_headers(self) -> None:
+        self.set_header("Access-Control-Allow-Origin", self.request.headers["Origin"])
         self.set_header("Vary", "Origin")
         self.set_header(
             "Access-Control-Allow-Headers", "Authorization, Content-Type, Range"
@@ -169,7 +223,6 @@ class ApiHandler(tornado.web.RequestHandler):
         wait = max(self.node.auth_limiter.take(key) for key in keys)
         if wait > 0:
             retry_ms = math.ceil(wait * 1000)
-            self.set_header("Retry-After", str(math.ceil(wait)))
             raise ApiError(ErrorCode.RATE_LIMITED, retry_after_ms=retry_ms)
 
     # Output.
@@ -177,10 +230,6 @@ class ApiHandler(tornado.web.RequestHandler):
     def reply(self, result: BaseModel, status: int = 200) -> None:
         self.set_status(status)
         self.finish(result.model_dump_json().encode())
-
-    def fail(self, error: ApiError) -> None:
-        """Answer with ``error`` now, even in the middle of reading a body."""
-        self.send_error(error.status, exc_info=(type(error), error, None))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc_info: ExcInfo | None = kwargs.get("exc_info")
@@ -191,11 +240,23 @@ class ApiHandler(tornado.web.RequestHandler):
             error = ApiError(_STATUS_CODES.get(status_code, ErrorCode.BAD_REQUEST))
         else:
             error = ApiError(_STATUS_CODES.get(status_code, ErrorCode.INTERNAL_ERROR))
+        self._render_error(error)
+        self.finish()
+
+    def _render_error(self, error: ApiError) -> None:
+        # send_error() cleared the headers; put back those an error needs.
         self.set_status(error.status)
         self.set_header("Content-Type", "application/json")
+        if self._origin_allowed():
+            self._set_cors_headers()
+        for name, value in self.error_headers.items():
+            self.set_header(name, value)
         if error.retry_after_ms is not None:
             self.set_header("Retry-After", str(math.ceil(error.retry_after_ms / 1000)))
-        self.finish(ErrorResponse(error=error.body()).model_dump_json().encode())
+        body = ErrorResponse(error=error.body()).model_dump_json().encode()
+        # Known length, so that an answer flushed early is not chunked.
+        self.set_header("Content-Length", str(len(body)))
+        self.write(body)
 
     def log_exception(
         self,
@@ -210,6 +271,20 @@ class ApiHandler(tornado.web.RequestHandler):
             )
             return
         super().log_exception(typ, value, tb)
+
+
+def _skipped_when_refused(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    async def run(self: ApiHandler, *args: Any, **kwargs: Any) -> None:
+        if self._refused:
+            if not self._finished:
+                self.finish()
+            return
+        result = method(self, *args, **kwargs)
+        if inspect.isawaitable(result):
+            await result
+
+    return run
 
 
 class NotFoundHandler(ApiHandler):

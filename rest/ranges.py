@@ -34,9 +34,9 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
             raise UnsatisfiableRange
         return max(0, size - length), size - 1
     start = int(first)
+    if start >= size:
+        raise UnsatisfiableRange
     end = int(last) if last else size - 1
     if end < start:
         return None
-    if start >= size:
-        raise UnsatisfiableRange
     return start, min(end, size - 1)

@@ -54,24 +54,18 @@ class UploadHandler(ApiHandler):
         self._writer = self.node.blobs.writer()
 
     async def data_received(self, chunk: bytes) -> None:
-        if self._finished or self._writer is None:
+        if self.refusing_body(len(chunk)) or self._writer is None:
             return
         if self._writer.size + len(chunk) > self.body_limit():
             await self._discard()
-            self.fail(
-                ApiError(
-                    ErrorCode.PAYLOAD_TOO_LARGE,
-                    details={"max_bytes": self.body_limit()},
-                )
-            )
+            self.refuse_body(self.too_large())
             return
         self._sniffer.feed(chunk)
         await self._writer.write(chunk)
 
     async def post(self) -> None:
-        if self._finished or self._writer is None:
-            return
         writer = self._writer
+        assert writer is not None
         if writer.size == 0:
             await self._discard()
             raise ApiError(ErrorCode.BAD_REQUEST, "The upload is empty.")
@@ -131,7 +125,7 @@ class DownloadHandler(ApiHandler):
         try:
             wanted = parse_range(self.request.headers.get("Range"), size)
         except UnsatisfiableRange:
-            self.set_header("Content-Range", f"bytes */{size}")
+            self.error_headers["Content-Range"] = f"bytes */{size}"
             raise ApiError(ErrorCode.RANGE_NOT_SATISFIABLE) from None
         if wanted is None:
             start, end = 0, size - 1
