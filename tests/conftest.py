@@ -106,11 +106,11 @@ async def _wipe(node: Node) -> None:
 
 
 @pytest.fixture
-async def app(shared_node: Running) -> AsyncIterator[Running]:
+async def app(shared_node: Running) -> Running:
     """The shared node of this engine, with empty tables and fresh limits."""
     await _wipe(shared_node.node)
     shared_node.node.auth_limiter._buckets.clear()
-    yield shared_node
+    return shared_node
 
 
 @dataclass

@@ -177,6 +177,9 @@ class TokenCodec:
 
         if payload.get("typ") != expected.value:
             raise TokenError(f"expected a {expected.value} token")
+        ids = (payload["sub"], payload["sid"], payload["jti"])
+        if not all(isinstance(value, str) for value in ids):
+            raise TokenError("malformed claims")
         try:
             return Claims(
                 user_id=uuid.UUID(payload["sub"]),

@@ -76,7 +76,8 @@ async def test_bad_content_length_is_400(app: Running) -> None:
         app.base_url.split("//")[1].split(":")[0], int(app.base_url.rsplit(":", 1)[1])
     )
     writer.write(
-        b"POST /v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n"
+        b"POST /v1/auth/login HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Length: 99999999999\r\n\r\n"
     )
     await writer.drain()
     head = await asyncio.wait_for(reader.read(4096), 5)
