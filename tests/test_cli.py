@@ -36,7 +36,7 @@ def clean_env(tmp_path: Path) -> dict[str, str]:
 
 def test_help() -> None:
     out = subprocess.run(
-        SQUALL + ["--help"], capture_output=True, text=True, timeout=30
+        [*SQUALL, "--help"], capture_output=True, text=True, timeout=30
     )
     assert out.returncode == 0
     for word in ("serve", "migrate", "user"):
@@ -73,7 +73,7 @@ def test_migrate_create_user_serve_and_stop(tmp_path: Path) -> None:
     assert "taken" in again.stderr
 
     proc = subprocess.Popen(
-        SQUALL + ["serve", "--port", "0"],
+        [*SQUALL, "serve", "--port", "0"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
