@@ -93,7 +93,8 @@ class Settings(BaseSettings):
     redis_url: str = Field(
         default="",
         description="Redis URL for the bus and the job broker. Default: none "
-        "(in-process bus and broker, one node).",
+        "(in-process bus and broker, one node). Not read yet: the Redis bus "
+        "comes with cluster support.",
     )
 
     # Tokens.
