@@ -4,13 +4,21 @@ handler."""
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from realtime.blobs import BlobStore, LocalBlobStore
+from realtime.bus import LocalBus
+from realtime.hub import Hub
+from realtime.presence import Presence, Typing
 from realtime.ratelimit import KeyedLimiter
 from realtime.security.tokens import TokenCodec
 from realtime.services.accounts import AccountService
+from realtime.services.chatlog import MemberCache, events_after
+from realtime.services.conversations import ConversationService
 from realtime.services.devices import DeviceService
+from realtime.services.messages import MessageService
 from realtime.services.uploads import UploadService
 from realtime.settings import Settings
 from realtime.storage.database import Database
@@ -27,6 +35,11 @@ class Node:
     accounts: AccountService
     devices: DeviceService
     uploads: UploadService
+    conversations: ConversationService
+    messages: MessageService
+    hub: Hub
+    presence: Presence
+    typing: Typing
     blobs: BlobStore
     # Login and register attempts, keyed by client address and by username.
     auth_limiter: KeyedLimiter
@@ -37,6 +50,7 @@ class Node:
         return self.settings.effective_node_id
 
     async def close(self) -> None:
+        self.typing.close()
         await self.db.close()
 
 
@@ -49,13 +63,26 @@ async def build_node(settings: Settings, *, check_schema: bool = True) -> Node:
     tokens = TokenCodec.from_settings(settings)
     blobs = LocalBlobStore(settings.data_dir / "blobs")
     per_minute = settings.auth_rate_per_minute
+
+    async def fetch(conversation_id: uuid.UUID, after: int, limit: int) -> Any:
+        return await events_after(db, conversation_id, after, limit)
+
+    hub = Hub(fetch)
+    hub.attach(LocalBus(hub.on_bus_message))
+    members = MemberCache(db)
+    conversations = ConversationService(db, members, hub.publish)
     return Node(
         settings=settings,
         db=db,
         tokens=tokens,
-        accounts=AccountService(db, tokens),
+        accounts=AccountService(db, tokens, hub.publish),
         devices=DeviceService(db),
         uploads=UploadService(db, blobs, settings.public_url),
+        conversations=conversations,
+        messages=MessageService(db, members, conversations, hub.publish),
+        hub=hub,
+        presence=Presence(hub.publish),
+        typing=Typing(hub.publish),
         blobs=blobs,
         auth_limiter=KeyedLimiter(rate=per_minute / 60.0, burst=per_minute),
     )

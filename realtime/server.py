@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import Any
 
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
+from realtime import ws
 from realtime.node import Node, build_node
 from realtime.settings import Settings
 from rest.base import NotFoundHandler
@@ -45,8 +47,10 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
 
 
 def make_app(node: Node) -> tornado.web.Application:
+    rules: list[Any] = [(ws.ROUTE[0], ws.ROUTE[1], {"node": node}), *url_rules(node)]
     return tornado.web.Application(
-        url_rules(node),
+        rules,
+        **ws.websocket_settings(node),
         default_handler_class=NotFoundHandler,
         default_handler_args={"node": node},
         log_function=log_request,
@@ -62,6 +66,7 @@ def urls(settings: Settings, port: int) -> dict[str, str]:
         "REST API": f"{base}/v1",
         "OpenAPI document": f"{base}/openapi.json",
         "Health": f"{base}/healthz",
+        "WebSocket": base.replace("http", "ws", 1) + "/v1/ws",
     }
 
 

@@ -187,6 +187,57 @@ class Settings(BaseSettings):
         "always allowed. Default: none.",
     )
 
+    # WebSocket.
+    ws_auth_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Time a socket without an Authorization header has to send "
+        "`auth`. Default 10 s.",
+    )
+    ws_ping_interval_s: float = Field(
+        default=25.0,
+        gt=0,
+        description="WebSocket ping interval; a peer that does not answer a ping "
+        "before the next one is due is closed. Default 25 s.",
+    )
+    ws_max_frame_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="Largest frame a client may send; larger ones close the "
+        "socket with 1009. Default 64 KiB.",
+    )
+    ws_outbox_max_bytes: int = Field(
+        default=1024 * 1024,
+        ge=4096,
+        description="Bytes queued for one socket before it is closed as a slow "
+        "consumer (4007). Default 1 MiB.",
+    )
+    ws_rate_limits: dict[str, tuple[float, float]] = Field(
+        default={
+            "default": (20.0, 40.0),
+            "read": (10.0, 30.0),
+            "write": (20.0, 40.0),
+            "receipt": (20.0, 60.0),
+            "typing": (2.0, 6.0),
+        },
+        description="Per-socket token buckets by method class, as JSON "
+        '`{"class": [per_second, burst]}`. Classes: default, read, write, '
+        "receipt, typing. Default: read 10/s burst 30, write 20/s burst 40, "
+        "receipt 20/s burst 60, typing 2/s burst 6, others 20/s burst 40.",
+    )
+    ws_abuse_limit: int = Field(
+        default=50,
+        ge=1,
+        description="Rate-limited requests within 10 s after which a socket is "
+        "closed (4006). Default 50.",
+    )
+    ws_expiry_warning_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long before its access token expires a socket is sent "
+        "`session.expiring`. Default 60 s.",
+    )
+
     # Logging.
     log_level: str = Field(default="INFO", description="Log level. Default `INFO`.")
     log_json: bool = Field(

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from protocol.accounts import RegisterParams, TokenPair, UserOut
+from protocol.envelope import user_channel
 from protocol.errors import ApiError, ErrorCode
 from realtime.security.passwords import (
     hash_password_async,
@@ -19,6 +20,7 @@ from realtime.security.passwords import (
     verify_password_async,
 )
 from realtime.security.tokens import Claims, TokenCodec, TokenError, TokenType
+from realtime.services.chatlog import REVOKED, Publish, publish_nowhere
 from realtime.storage.database import Database
 from realtime.storage.models import RefreshFamily, RefreshToken, User, utcnow
 
@@ -54,9 +56,19 @@ def _token_error(exc: TokenError) -> ApiError:
 
 
 class AccountService:
-    def __init__(self, db: Database, tokens: TokenCodec) -> None:
+    def __init__(
+        self, db: Database, tokens: TokenCodec, publish: Publish = publish_nowhere
+    ) -> None:
         self.db = db
         self.tokens = tokens
+        self.publish = publish
+
+    async def _announce_revoked(self, user_id: uuid.UUID, family_id: uuid.UUID) -> None:
+        """Tell every node so that the session's sockets close within seconds."""
+        await self.publish(
+            user_channel(user_id),
+            {"event": REVOKED, "data": {"session_id": str(family_id)}},
+        )
 
     # Accounts.
 
@@ -154,6 +166,7 @@ class AccountService:
                 reused = True
                 await self._revoke(session, family.id, "reuse")
         if reused:
+            await self._announce_revoked(claims.user_id, claims.family_id)
             logger.warning(
                 "refresh token reused; session revoked user=%s session=%s",
                 claims.user_id,
@@ -172,12 +185,15 @@ class AccountService:
             if principal is not None and principal.user_id != claims.user_id:
                 raise ApiError(ErrorCode.FORBIDDEN)
             family_id = claims.family_id
+            user_id = claims.user_id
         elif principal is not None:
             family_id = principal.family_id
+            user_id = principal.user_id
         else:
             raise ApiError(ErrorCode.AUTH_REQUIRED)
         async with self.db.transaction() as session:
             await self._revoke(session, family_id, "logout")
+        await self._announce_revoked(user_id, family_id)
         logger.info("logout session=%s", family_id)
         return family_id
 

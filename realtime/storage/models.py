@@ -201,6 +201,24 @@ class Message(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime, default=None)
 
 
+class ConversationEvent(Base):
+    """The durable log of a conversation: every change that takes a ``seq``.
+
+    ``sync`` replays it; ``messages`` keeps the current state for history.
+    ``data`` is the event's payload as JSON text, written once at commit.
+    """
+
+    __tablename__ = "conversation_events"
+
+    conversation_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    type: Mapped[str] = mapped_column(String(32))
+    data: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
 class Attachment(Base):
     """An uploaded file. Its bytes live in the blob store under ``sha256``."""
 
@@ -225,6 +243,7 @@ __all__ = [
     "Attachment",
     "Base",
     "Conversation",
+    "ConversationEvent",
     "Device",
     "Member",
     "Message",

@@ -1,0 +1,268 @@
+"""The reference asyncio client of the Squall protocol.
+
+    client = SquallClient("ws://127.0.0.1:8000/v1/ws", token="...")
+    await client.connect()
+    sent = await client.call("message.send", {...})
+    async for event in client.events():
+        ...
+
+It reconnects on its own with jittered exponential backoff, resumes with
+``sync`` from the last seq it saw per conversation, and drops duplicates,
+so the events it yields are, per conversation, in seq order with no gap
+and no duplicate. It depends on nothing of Squall but this package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import tornado.httpclient
+import tornado.websocket
+
+from .backoff import Backoff
+from .close_codes import CloseCode
+from .codecs import JSON, MSGPACK, Codec
+
+logger = logging.getLogger(__name__)
+
+TokenSource = str | Callable[[], Awaitable[str]]
+
+
+class RpcError(Exception):
+    """An error reply. ``code`` is from the error catalogue."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+        self.code: str = body.get("code", "unknown")
+        self.retry_after_ms: int | None = body.get("retry_after_ms")
+        super().__init__(f"{self.code}: {body.get('message', '')}")
+
+
+class Closed(Exception):
+    """The connection ended and will not be reopened."""
+
+    def __init__(self, code: int | None, reason: str | None) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(f"closed {code} {reason}")
+
+
+class SquallClient:
+    def __init__(
+        self,
+        url: str,
+        token: TokenSource,
+        *,
+        codec: str = "json",
+        reconnect: bool = True,
+        positions: dict[str, int] | None = None,
+        backoff: Backoff | None = None,
+        call_timeout_s: float = 10.0,
+        auth_in_header: bool = True,
+    ) -> None:
+        self.url = url
+        self._token = token
+        self.codec: Codec = MSGPACK if codec == "msgpack" else JSON
+        self.reconnect = reconnect
+        #: Last seq yielded per conversation id; what a resume starts from.
+        self.positions: dict[str, int] = dict(positions or {})
+        self.backoff = backoff or Backoff()
+        self.call_timeout_s = call_timeout_s
+        self.auth_in_header = auth_in_header
+        self.connects = 0
+        self.close_code: int | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._events: asyncio.Queue[dict[str, Any] | Closed] = asyncio.Queue()
+        self._conn: tornado.websocket.WebSocketClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._closing = False
+        self._syncing = False
+        self._resumer: asyncio.Future[None] | None = None
+
+    # Connection.
+
+    async def connect(self) -> None:
+        """Open, authenticate and go live; raise if that fails."""
+        await self._open()
+        self._reader = asyncio.ensure_future(self._run())
+
+    async def _token_value(self) -> str:
+        if isinstance(self._token, str):
+            return self._token
+        return await self._token()
+
+    async def _open(self) -> None:
+        token = await self._token_value()
+        headers = {"Authorization": f"Bearer {token}"} if self.auth_in_header else {}
+        request = tornado.httpclient.HTTPRequest(self.url, headers=headers)
+        self._conn = await tornado.websocket.websocket_connect(
+            request, subprotocols=[self.codec.subprotocol]
+        )
+        self.connects += 1
+        self._ready.set()
+        if not self.auth_in_header:
+            await self.call("auth", {"token": token})
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._conn is not None:
+            self._conn.close(CloseCode.NORMAL.code)
+        if self._reader is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(self._reader, 5)
+
+    async def _run(self) -> None:
+        while True:
+            assert self._conn is not None
+            conn = self._conn
+            reading = asyncio.ensure_future(self._read(conn))
+            if self.connects > 1 or self.positions:
+                await self._resume()
+            await reading
+            code, reason = conn.close_code, conn.close_reason
+            self.close_code = code
+            self._ready.clear()
+            self._fail_pending(Closed(code, reason))
+            if self._closing or not self.reconnect:
+                break
+            advice = CloseCode.from_code(code)
+            if advice is not None and not advice.reconnect:
+                break
+            if not await self._reopen():
+                break
+        self._events.put_nowait(Closed(self.close_code, None))
+
+    async def _reopen(self) -> bool:
+        while not self._closing:
+            delay = self.backoff.next_delay()
+            logger.info("reconnecting in %.2fs", delay)
+            await asyncio.sleep(delay)
+            try:
+                await asyncio.wait_for(self._open(), 10)
+            except (TimeoutError, OSError, tornado.httpclient.HTTPClientError):
+                continue
+            except RpcError:
+                return False
+            self.backoff.reset()
+            return True
+        return False
+
+    async def _read(self, conn: tornado.websocket.WebSocketClientConnection) -> None:
+        while True:
+            frame = await conn.read_message()
+            if frame is None:
+                return
+            try:
+                value = self.codec.decode(frame)
+            except ValueError:
+                logger.warning("undecodable frame from server")
+                continue
+            if "event" in value:
+                self._on_event(value)
+            else:
+                future = self._pending.pop(value.get("id"), None)
+                if future is not None and not future.done():
+                    if "error" in value:
+                        future.set_exception(RpcError(value["error"]))
+                    else:
+                        future.set_result(value.get("result"))
+
+    # Events.
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        seq = event.get("seq")
+        channel = event.get("channel") or ""
+        if seq is None or not channel.startswith("conv:"):
+            self._events.put_nowait(event)
+            return
+        conversation = channel[5:]
+        have = self.positions.get(conversation)
+        if have is not None and seq <= have:
+            return  # already yielded
+        if have is not None and seq > have + 1 and not self._syncing:
+            # Should not happen with a Squall server; recover all the same.
+            self._resumer = asyncio.ensure_future(self._resume())
+            return
+        self.positions[conversation] = seq
+        self._events.put_nowait(event)
+
+    async def _resume(self) -> None:
+        """Ask for everything missed since ``positions``, until complete."""
+        if self._syncing:
+            return
+        self._syncing = True
+        try:
+            while True:
+                result = await self.call("sync", {"positions": dict(self.positions)})
+                for event in result["events"]:
+                    self._on_event(event)
+                for conversation in result.get("removed", []):
+                    self.positions.pop(conversation, None)
+                if result["complete"]:
+                    return
+        except (TimeoutError, RpcError, Closed) as exc:
+            logger.info("resume interrupted: %s", exc)
+        finally:
+            self._syncing = False
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """Events in arrival order; per conversation, in seq order."""
+        while True:
+            item = await self._events.get()
+            if isinstance(item, Closed):
+                return
+            yield item
+
+    async def next_event(
+        self,
+        timeout: float = 5.0,
+        match: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> dict[str, Any]:
+        """The next event (that ``match`` accepts), or TimeoutError."""
+        async with asyncio.timeout(timeout):
+            while True:
+                item = await self._events.get()
+                if isinstance(item, Closed):
+                    raise item
+                if match is None or match(item):
+                    return item
+
+    # Calls.
+
+    async def call(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Send a request; return its result or raise :class:`RpcError`."""
+        await asyncio.wait_for(self._ready.wait(), timeout or self.call_timeout_s)
+        assert self._conn is not None
+        request_id = next(self._ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        frame = self.codec.encode(
+            {"id": request_id, "method": method, "params": params or {}}
+        )
+        try:
+            await self._conn.write_message(frame, binary=self.codec.binary)
+        except tornado.websocket.WebSocketClosedError as exc:
+            self._pending.pop(request_id, None)
+            raise Closed(self._conn.close_code, None) from exc
+        try:
+            return await asyncio.wait_for(future, timeout or self.call_timeout_s)
+        finally:
+            self._pending.pop(request_id, None)
+
+    def _fail_pending(self, error: Exception) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()

@@ -1,0 +1,150 @@
+"""Channels to local subscribers, on one node.
+
+The hub receives each event once from the bus, turns it into a
+:class:`Frames` (encoded at most once per codec, on first use), and hands
+the same object to every local subscriber of the channel. Conversation
+channels pass through a node-level :class:`Sequencer`, so subscribers see
+their seqs in order and a gap is repaired from storage once per node, not
+once per socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+import orjson
+
+from protocol.codecs import JSON, Codec
+from realtime.sequencer import Sequencer
+from realtime.services.chatlog import StoredEvent
+
+logger = logging.getLogger(__name__)
+
+FetchEvents = Callable[[uuid.UUID, int, int], Awaitable[Sequence[StoredEvent]]]
+
+
+class Frames:
+    """One event, encoded lazily and at most once per codec."""
+
+    __slots__ = ("_encoded", "seq", "value")
+
+    def __init__(self, value: dict[str, Any], json_bytes: bytes | None = None) -> None:
+        self.value = value
+        self.seq: int | None = value.get("seq")
+        self._encoded: dict[str, bytes] = {}
+        if json_bytes is not None:
+            self._encoded[JSON.name] = json_bytes
+
+    def encoded(self, codec: Codec) -> bytes:
+        data = self._encoded.get(codec.name)
+        if data is None:
+            data = self._encoded[codec.name] = codec.encode(self.value)
+        return data
+
+
+class Subscriber(Protocol):
+    def on_frames(self, channel: str, frames: Frames) -> None: ...
+
+
+class _Channel:
+    __slots__ = ("sequencer", "subscribers")
+
+    def __init__(self) -> None:
+        self.subscribers: set[Subscriber] = set()
+        self.sequencer: Sequencer[Frames, StoredEvent] | None = None
+
+
+class Hub:
+    def __init__(self, fetch: FetchEvents) -> None:
+        self._fetch = fetch
+        self._channels: dict[str, _Channel] = {}
+        self.bus: Any = None
+        self.gap_repairs = 0
+        self.deliveries = 0
+
+    def attach(self, bus: Any) -> None:
+        self.bus = bus
+
+    # Subscriptions.
+
+    def subscribe(
+        self, channel: str, subscriber: Subscriber, head: int | None = None
+    ) -> None:
+        """Add a local subscriber. For a conversation channel, ``head`` is the
+        newest seq the caller read from storage; the node's stream starts
+        there if it is new."""
+        entry = self._channels.get(channel)
+        if entry is None:
+            entry = self._channels[channel] = _Channel()
+            if head is not None:
+                entry.sequencer = self._sequencer(channel, entry, head)
+            self.bus.subscribe(channel)
+        entry.subscribers.add(subscriber)
+
+    def unsubscribe(self, channel: str, subscriber: Subscriber) -> None:
+        entry = self._channels.get(channel)
+        if entry is None:
+            return
+        entry.subscribers.discard(subscriber)
+        if not entry.subscribers:
+            del self._channels[channel]
+            if entry.sequencer is not None:
+                entry.sequencer.close()
+            self.bus.unsubscribe(channel)
+
+    def subscriber_count(self, channel: str) -> int:
+        entry = self._channels.get(channel)
+        return len(entry.subscribers) if entry else 0
+
+    # Traffic.
+
+    async def publish(self, channel: str, envelope: dict[str, Any]) -> None:
+        await self.bus.publish(channel, orjson.dumps(envelope))
+
+    def on_bus_message(self, channel: str, payload: bytes) -> None:
+        entry = self._channels.get(channel)
+        if entry is None:
+            return
+        try:
+            value = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            logger.error("undecodable bus message on %s", channel)
+            return
+        # For JSON clients the bus payload already is the frame.
+        frames = Frames(value, payload)
+        if entry.sequencer is not None and frames.seq is not None:
+            entry.sequencer.offer(frames.seq, frames)
+        else:
+            self._fan_out(entry, channel, frames)
+
+    def _fan_out(self, entry: _Channel, channel: str, frames: Frames) -> None:
+        for subscriber in tuple(entry.subscribers):
+            subscriber.on_frames(channel, frames)
+        self.deliveries += len(entry.subscribers)
+
+    def _sequencer(
+        self, channel: str, entry: _Channel, head: int
+    ) -> Sequencer[Frames, StoredEvent]:
+        conversation_id = uuid.UUID(channel.split(":", 1)[1])
+
+        async def fetch(after: int, limit: int) -> Sequence[StoredEvent]:
+            return await self._fetch(conversation_id, after, limit)
+
+        def gap(cursor: int, seq: int) -> None:
+            self.gap_repairs += 1
+            logger.info(
+                "gap on %s: have %d, got %d; reading storage", channel, cursor, seq
+            )
+
+        return Sequencer(
+            head,
+            fetch,
+            deliver_live=lambda seq, frames: self._fan_out(entry, channel, frames),
+            deliver_stored=lambda event: self._fan_out(
+                entry, channel, Frames(event.envelope())
+            ),
+            on_gap=gap,
+        )

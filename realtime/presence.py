@@ -1,0 +1,127 @@
+"""Who is online, and who is typing where.
+
+Presence here is what this node sees; a cluster keeps it in Redis with
+per-node heartbeats (to come with the Redis bus).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import OrderedDict
+from datetime import UTC, datetime
+from typing import Any
+
+from protocol.chat import PresenceOut
+from protocol.envelope import conversation_channel
+from realtime.services.chatlog import Publish
+
+TYPING_EXPIRY_S = 6.0
+_LAST_SEEN_MAX = 100_000
+
+
+def presence_channel(user_id: uuid.UUID) -> str:
+    return f"presence:{user_id}"
+
+
+class Presence:
+    def __init__(self, publish: Publish) -> None:
+        self._publish = publish
+        self._sockets: dict[uuid.UUID, int] = {}
+        self._last_seen: OrderedDict[uuid.UUID, datetime] = OrderedDict()
+
+    async def connected(self, user_id: uuid.UUID) -> None:
+        count = self._sockets.get(user_id, 0) + 1
+        self._sockets[user_id] = count
+        if count == 1:
+            await self._announce(user_id, online=True)
+
+    async def disconnected(self, user_id: uuid.UUID) -> None:
+        count = self._sockets.get(user_id, 0) - 1
+        if count > 0:
+            self._sockets[user_id] = count
+            return
+        self._sockets.pop(user_id, None)
+        self._last_seen[user_id] = datetime.now(UTC)
+        self._last_seen.move_to_end(user_id)
+        if len(self._last_seen) > _LAST_SEEN_MAX:
+            self._last_seen.popitem(last=False)
+        await self._announce(user_id, online=False)
+
+    def online(self, user_id: uuid.UUID) -> bool:
+        return user_id in self._sockets
+
+    def get(self, user_ids: list[uuid.UUID]) -> list[PresenceOut]:
+        return [
+            PresenceOut(
+                user_id=u,
+                online=u in self._sockets,
+                last_seen_at=None if u in self._sockets else self._last_seen.get(u),
+            )
+            for u in dict.fromkeys(user_ids)
+        ]
+
+    async def _announce(self, user_id: uuid.UUID, *, online: bool) -> None:
+        channel = presence_channel(user_id)
+        data: dict[str, Any] = {"user_id": str(user_id), "online": online}
+        if not online:
+            data["last_seen_at"] = self._last_seen[user_id].isoformat()
+        await self._publish(
+            channel, {"event": "presence", "channel": channel, "data": data}
+        )
+
+
+class Typing:
+    """Typing indicators expire on their own: a client that vanishes while
+    typing does not leave everyone watching a spinner."""
+
+    def __init__(self, publish: Publish, expiry_s: float = TYPING_EXPIRY_S) -> None:
+        self._publish = publish
+        self.expiry_s = expiry_s
+        self._timers: dict[tuple[uuid.UUID, uuid.UUID], asyncio.TimerHandle] = {}
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def set(
+        self, conversation_id: uuid.UUID, user_id: uuid.UUID, state: str
+    ) -> None:
+        key = (conversation_id, user_id)
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        if state == "start":
+            loop = asyncio.get_running_loop()
+            self._timers[key] = loop.call_later(self.expiry_s, self._expire, key)
+        elif timer is None:
+            return  # stop without start: nothing to tell anyone
+        await self._send(conversation_id, user_id, state)
+
+    def _expire(self, key: tuple[uuid.UUID, uuid.UUID]) -> None:
+        self._timers.pop(key, None)
+        task = asyncio.ensure_future(self._send(*key, "stop"))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _send(
+        self, conversation_id: uuid.UUID, user_id: uuid.UUID, state: str
+    ) -> None:
+        channel = conversation_channel(conversation_id)
+        await self._publish(
+            channel,
+            {
+                "event": "typing",
+                "channel": channel,
+                "data": {
+                    "conversation_id": str(conversation_id),
+                    "user_id": str(user_id),
+                    "state": state,
+                    "expires_in_ms": int(self.expiry_s * 1000)
+                    if state == "start"
+                    else 0,
+                },
+            },
+        )
+
+    def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()

@@ -1,0 +1,138 @@
+"""What the chat services share: the conversation event log, the
+membership cache, and how events leave a service after commit."""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from protocol.envelope import conversation_channel
+from protocol.errors import ApiError, ErrorCode
+from realtime.storage.database import Database
+from realtime.storage.models import Conversation, ConversationEvent, Member
+
+#: Publishes one envelope on one channel, after the commit that made it.
+Publish = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+#: Internal control events on a user's channel; sessions act on them and
+#: never forward them to clients.
+SUBSCRIBE = "_subscribe"
+UNSUBSCRIBE = "_unsubscribe"
+REVOKED = "_revoked"
+
+
+async def publish_nowhere(channel: str, envelope: dict[str, Any]) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    conversation_id: uuid.UUID
+    seq: int
+    type: str
+    data: dict[str, Any]
+
+    def envelope(self) -> dict[str, Any]:
+        return {
+            "event": self.type,
+            "channel": conversation_channel(self.conversation_id),
+            "seq": self.seq,
+            "data": self.data,
+        }
+
+
+async def append_event(
+    session: AsyncSession,
+    conversation_id: uuid.UUID,
+    event_type: str,
+    data: dict[str, Any],
+) -> StoredEvent:
+    """Give the conversation its next seq and log the event, in the caller's
+    transaction. The row lock on the conversation orders concurrent writers,
+    so seqs commit in order."""
+    seq = (
+        await session.execute(
+            update(Conversation)
+            .where(Conversation.id == conversation_id)
+            .values(last_seq=Conversation.last_seq + 1)
+            .returning(Conversation.last_seq)
+        )
+    ).scalar_one()
+    event = StoredEvent(conversation_id, seq, event_type, data)
+    session.add(
+        ConversationEvent(
+            conversation_id=conversation_id,
+            seq=seq,
+            type=event_type,
+            data=orjson.dumps(data).decode(),
+        )
+    )
+    return event
+
+
+async def events_after(
+    db: Database, conversation_id: uuid.UUID, after: int, limit: int
+) -> list[StoredEvent]:
+    """Stored events with seq > ``after``, oldest first."""
+    async with db.sessions() as session:
+        rows = await session.execute(
+            select(
+                ConversationEvent.seq, ConversationEvent.type, ConversationEvent.data
+            )
+            .where(
+                ConversationEvent.conversation_id == conversation_id,
+                ConversationEvent.seq > after,
+            )
+            .order_by(ConversationEvent.seq)
+            .limit(limit)
+        )
+        return [
+            StoredEvent(conversation_id, seq, kind, orjson.loads(data))
+            for seq, kind, data in rows
+        ]
+
+
+class MemberCache:
+    """Members of recently used conversations, so that a send does not read
+    the member list each time. Bounded; every membership change drops its
+    conversation's entry."""
+
+    def __init__(self, db: Database, max_conversations: int = 10_000) -> None:
+        self.db = db
+        self.max = max_conversations
+        self._entries: OrderedDict[uuid.UUID, dict[uuid.UUID, str]] = OrderedDict()
+
+    async def members(self, conversation_id: uuid.UUID) -> dict[uuid.UUID, str]:
+        cached = self._entries.get(conversation_id)
+        if cached is not None:
+            self._entries.move_to_end(conversation_id)
+            return cached
+        async with self.db.sessions() as session:
+            rows = await session.execute(
+                select(Member.user_id, Member.role).where(
+                    Member.conversation_id == conversation_id
+                )
+            )
+            members = {user_id: role for user_id, role in rows}
+        self._entries[conversation_id] = members
+        if len(self._entries) > self.max:
+            self._entries.popitem(last=False)
+        return members
+
+    async def role_of(self, conversation_id: uuid.UUID, user_id: uuid.UUID) -> str:
+        """The member's role; ``not_found`` for non-members, so that a
+        conversation one is not in looks like one that does not exist."""
+        role = (await self.members(conversation_id)).get(user_id)
+        if role is None:
+            raise ApiError(ErrorCode.NOT_FOUND, "No such conversation.")
+        return role
+
+    def invalidate(self, conversation_id: uuid.UUID) -> None:
+        self._entries.pop(conversation_id, None)

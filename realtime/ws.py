@@ -1,0 +1,99 @@
+"""The WebSocket endpoint ``/v1/ws``: Tornado on the outside, a
+:class:`~realtime.session.Session` inside."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import Any
+
+import tornado.web
+import tornado.websocket
+
+from protocol.codecs import CODECS, JSON
+from realtime.node import Node
+from realtime.session import Session
+
+logger = logging.getLogger(__name__)
+
+
+class SocketHandler(tornado.websocket.WebSocketHandler):
+    node: Node
+    session: Session | None = None
+
+    def initialize(self, node: Node) -> None:
+        self.node = node
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        if self.node.draining:
+            # Refused before the upgrade, so the balancer tries another node.
+            self.set_status(503)
+            self.finish("draining")
+            return
+        await super().get(*args, **kwargs)
+
+    def check_origin(self, origin: str) -> bool:
+        # Only browsers send Origin; native clients are always allowed.
+        allowed = self.node.settings.allowed_origins
+        return "*" in allowed or origin in allowed
+
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        for name in subprotocols:
+            if name in CODECS:
+                return name
+        return None
+
+    def get_compression_options(self) -> dict[str, Any] | None:
+        # No per-message deflate: every socket must get the same bytes.
+        return None
+
+    async def open(self, *args: str, **kwargs: str) -> None:
+        codec = CODECS.get(self.selected_subprotocol or "", JSON)
+        conn_id = secrets.token_hex(6)
+        self.session = Session(self.node, self, codec, conn_id)
+        logger.debug(
+            "conn=%s open from %s codec=%s", conn_id, self.request.remote_ip, codec.name
+        )
+        bearer = None
+        header = self.request.headers.get("Authorization")
+        if header:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                bearer = token.strip()
+            else:
+                bearer = ""
+        await self.session.start(bearer)
+
+    async def on_message(self, message: str | bytes) -> None:
+        if self.session is not None:
+            await self.session.on_frame(message)
+
+    def on_close(self) -> None:
+        if self.session is not None:
+            self.session.on_closed()
+
+    # Transport, for the session.
+
+    def send(self, data: bytes, binary: bool) -> asyncio.Future[None] | None:
+        if self.ws_connection is None or self.ws_connection.is_closing():
+            return None
+        try:
+            return self.write_message(data, binary=binary)
+        except tornado.websocket.WebSocketClosedError:
+            return None
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        super().close(code, reason)
+
+
+def websocket_settings(node: Node) -> dict[str, Any]:
+    settings = node.settings
+    return {
+        "websocket_ping_interval": settings.ws_ping_interval_s,
+        "websocket_ping_timeout": settings.ws_ping_interval_s,
+        "websocket_max_message_size": settings.ws_max_frame_bytes,
+    }
+
+
+ROUTE: tuple[str, type[tornado.web.RequestHandler]] = (r"/v1/ws$", SocketHandler)
