@@ -44,6 +44,17 @@ class Node:
     # Login and register attempts, keyed by client address and by username.
     auth_limiter: KeyedLimiter
     draining: bool = field(default=False)
+    _rpc_limiters: dict[str, KeyedLimiter] = field(default_factory=dict)
+
+    def rpc_limiter(self, rate_class: str) -> KeyedLimiter:
+        """Per-user buckets for REST calls of one rate class, sized like the
+        per-socket ones."""
+        limiter = self._rpc_limiters.get(rate_class)
+        if limiter is None:
+            limits = self.settings.ws_rate_limits
+            rate, burst = limits.get(rate_class) or limits["default"]
+            limiter = self._rpc_limiters[rate_class] = KeyedLimiter(rate, burst)
+        return limiter
 
     @property
     def node_id(self) -> str:

@@ -6,7 +6,7 @@ from typing import Any
 
 from realtime.node import Node
 
-from . import accounts, devices, system, uploads
+from . import accounts, devices, rpc, system, uploads
 from .spec import Operation, Route
 from .system import OpenApiHandler
 
@@ -15,6 +15,7 @@ API_ROUTES: tuple[Route, ...] = (
     *accounts.ROUTES,
     *devices.ROUTES,
     *uploads.ROUTES,
+    *rpc.ROUTES,
 )
 
 OPENAPI_ROUTE = Route(

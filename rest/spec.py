@@ -42,7 +42,14 @@ class Route:
 
     @property
     def pattern(self) -> str:
-        return re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", self.path) + "$"
+        parts = re.split(r"(\{\w+\})", self.path)
+        return (
+            "".join(
+                f"(?P<{part[1:-1]}>[^/]+)" if part.startswith("{") else re.escape(part)
+                for part in parts
+            )
+            + "$"
+        )
 
     @property
     def path_params(self) -> list[str]:

@@ -110,6 +110,7 @@ async def app(shared_node: Running) -> Running:
     """The shared node of this engine, with empty tables and fresh limits."""
     await _wipe(shared_node.node)
     shared_node.node.auth_limiter._buckets.clear()
+    shared_node.node._rpc_limiters.clear()
     return shared_node
 
 
