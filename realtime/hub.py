@@ -20,6 +20,7 @@ import orjson
 from protocol.codecs import JSON, Codec
 from realtime.sequencer import Sequencer
 from realtime.services.chatlog import StoredEvent
+from realtime.wsframe import build_frame
 
 logger = logging.getLogger(__name__)
 
@@ -27,22 +28,25 @@ FetchEvents = Callable[[uuid.UUID, int, int], Awaitable[Sequence[StoredEvent]]]
 
 
 class Frames:
-    """One event, encoded lazily and at most once per codec."""
+    """One event, as WebSocket frames built lazily and at most once per codec."""
 
-    __slots__ = ("_encoded", "seq", "value")
+    __slots__ = ("_frames", "_json", "seq", "value")
 
     def __init__(self, value: dict[str, Any], json_bytes: bytes | None = None) -> None:
         self.value = value
         self.seq: int | None = value.get("seq")
-        self._encoded: dict[str, bytes] = {}
-        if json_bytes is not None:
-            self._encoded[JSON.name] = json_bytes
+        self._json = json_bytes
+        self._frames: dict[str, bytes] = {}
 
-    def encoded(self, codec: Codec) -> bytes:
-        data = self._encoded.get(codec.name)
-        if data is None:
-            data = self._encoded[codec.name] = codec.encode(self.value)
-        return data
+    def frame(self, codec: Codec) -> bytes:
+        frame = self._frames.get(codec.name)
+        if frame is None:
+            if codec is JSON and self._json is not None:
+                payload = self._json
+            else:
+                payload = codec.encode(self.value)
+            frame = self._frames[codec.name] = build_frame(payload, codec.binary)
+        return frame
 
 
 class Subscriber(Protocol):

@@ -38,6 +38,7 @@ from realtime.services.chatlog import (
     StoredEvent,
     events_after,
 )
+from realtime.wsframe import build_frame
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,13 @@ MAX_PRESENCE_WATCH = 1000
 
 
 class Transport(Protocol):
-    def send(self, data: bytes, binary: bool) -> asyncio.Future[None] | None: ...
+    def send_frame(self, frame: bytes) -> None:
+        """Queue one complete WebSocket frame; drop it if the socket closed."""
+        ...
+
+    def buffered_bytes(self) -> int:
+        """Bytes queued on the socket and not yet taken by the kernel."""
+        ...
 
     def close(self, code: int, reason: str) -> None: ...
 
@@ -61,7 +68,6 @@ class Session:
         self.conn_id = conn_id
         self.principal: Principal | None = None
         self.closed = False
-        self.outbox_bytes = 0
         self._streams: dict[str, Sequencer[Frames, StoredEvent]] = {}
         self._watched: set[str] = set()
         self._channels: set[str] = set()
@@ -175,9 +181,7 @@ class Session:
         stream = Sequencer(
             cursor,
             fetch,
-            deliver_live=lambda seq, frames: self._send_bytes(
-                frames.encoded(self.codec)
-            ),
+            deliver_live=lambda seq, frames: self._write(frames.frame(self.codec)),
             deliver_stored=lambda event: self.send_value(event.envelope()),
         )
         self._streams[channel] = stream
@@ -211,13 +215,13 @@ class Session:
                 stream.offer(frames.seq, frames)
             elif stream.live:
                 # typing and receipts: ephemeral, dropped while catching up.
-                self._send_bytes(frames.encoded(self.codec))
+                self._write(frames.frame(self.codec))
             return
         kind = frames.value.get("event")
         if kind in (SUBSCRIBE, UNSUBSCRIBE, REVOKED):
             self._control(kind, frames.value.get("data") or {})
         elif channel in self._watched:
-            self._send_bytes(frames.encoded(self.codec))
+            self._write(frames.frame(self.codec))
 
     def _control(self, kind: str, data: dict[str, Any]) -> None:
         if kind == REVOKED:
@@ -388,26 +392,18 @@ class Session:
         )
 
     def send_value(self, value: dict[str, Any]) -> None:
-        self._send_bytes(self.codec.encode(value))
+        self._write(build_frame(self.codec.encode(value), self.codec.binary))
 
-    def _send_bytes(self, data: bytes) -> None:
+    def _write(self, frame: bytes) -> None:
         """Queue a frame; a client whose queue passes the bound is closed
         instead of growing the node's memory."""
         if self.closed:
             return
-        size = len(data)
-        if self.outbox_bytes + size > self.node.settings.ws_outbox_max_bytes:
+        limit = self.node.settings.ws_outbox_max_bytes
+        if self.transport.buffered_bytes() + len(frame) > limit:
             self.close(CloseCode.SLOW_CONSUMER)
             return
-        future = self.transport.send(data, self.codec.binary)
-        if future is None or future.done():
-            return
-        self.outbox_bytes += size
-
-        def written(_: object) -> None:
-            self.outbox_bytes -= size
-
-        future.add_done_callback(written)
+        self.transport.send_frame(frame)
 
     # Helpers.
 

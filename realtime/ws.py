@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from typing import Any
 
 import tornado.web
 import tornado.websocket
+from tornado.iostream import StreamClosedError
 
 from protocol.codecs import CODECS, JSON
 from realtime.node import Node
@@ -75,13 +75,23 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
 
     # Transport, for the session.
 
-    def send(self, data: bytes, binary: bool) -> asyncio.Future[None] | None:
-        if self.ws_connection is None or self.ws_connection.is_closing():
-            return None
+    def send_frame(self, frame: bytes) -> None:
+        # The frame is complete and shared by every socket of an event, so it
+        # goes to the stream as it is: no per-socket framing, no task.
+        conn = self.ws_connection
+        if conn is None or conn.is_closing() or conn.stream is None:
+            return
         try:
-            return self.write_message(data, binary=binary)
-        except tornado.websocket.WebSocketClosedError:
-            return None
+            conn.stream.write(frame)
+        except StreamClosedError:
+            return
+
+    def buffered_bytes(self) -> int:
+        conn = self.ws_connection
+        if conn is None:
+            return 0
+        buffer = getattr(conn.stream, "_write_buffer", None)
+        return len(buffer) if buffer is not None else 0
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
         super().close(code, reason)
