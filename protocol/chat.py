@@ -110,6 +110,34 @@ class ConversationRef(Params):
     conversation_id: uuid.UUID
 
 
+class ConversationUpdateParams(Params):
+    conversation_id: uuid.UUID
+    title: Title | None = Field(
+        default=None, description="New group title (owners and admins)."
+    )
+    muted: bool | None = Field(
+        default=None, description="Mute the conversation for the caller only."
+    )
+
+
+class UsersLookupParams(Params):
+    usernames: list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] = (
+        Field(min_length=1, max_length=100)
+    )
+
+
+class PublicUser(Result):
+    id: uuid.UUID
+    username: str
+    display_name: str
+
+
+class UsersLookupResult(Result):
+    users: list[PublicUser] = Field(
+        description="Those found; unknown names are left out."
+    )
+
+
 class AddMembersParams(Params):
     conversation_id: uuid.UUID
     user_ids: list[uuid.UUID] = Field(min_length=1, max_length=256)

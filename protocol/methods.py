@@ -58,6 +58,20 @@ _SPECS = [
         "read",
     ),
     MethodSpec(
+        "conversation.update",
+        chat.ConversationUpdateParams,
+        chat.ConversationOut,
+        "Rename a group (owners and admins), or mute it for oneself",
+        "write",
+    ),
+    MethodSpec(
+        "users.lookup",
+        chat.UsersLookupParams,
+        chat.UsersLookupResult,
+        "Find users by username, e.g. to start a conversation",
+        "read",
+    ),
+    MethodSpec(
         "conversation.add_members",
         chat.AddMembersParams,
         chat.ConversationOut,

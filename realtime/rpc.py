@@ -98,6 +98,16 @@ async def _get(call: Call, p: chat.ConversationRef) -> chat.ConversationOut:
     return await call.node.conversations.get(call.user_id, p.conversation_id)
 
 
+@method("conversation.update")
+async def _update(call: Call, p: chat.ConversationUpdateParams) -> chat.ConversationOut:
+    return await call.node.conversations.update(call.user_id, p)
+
+
+@method("users.lookup")
+async def _lookup(call: Call, p: chat.UsersLookupParams) -> chat.UsersLookupResult:
+    return chat.UsersLookupResult(users=await call.node.accounts.lookup(p.usernames))
+
+
 @method("conversation.add_members")
 async def _add(call: Call, p: chat.AddMembersParams) -> chat.ConversationOut:
     return await call.node.conversations.add_members(call.user_id, p)

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from protocol.accounts import RegisterParams, TokenPair, UserOut
+from protocol.chat import PublicUser
 from protocol.envelope import user_channel
 from protocol.errors import ApiError, ErrorCode
 from realtime.security.passwords import (
@@ -107,6 +108,17 @@ class AccountService:
         if user is None:
             raise ApiError(ErrorCode.NOT_FOUND, "No such user.")
         return user_out(user)
+
+    async def lookup(self, usernames: list[str]) -> list[PublicUser]:
+        names = {name.lower() for name in usernames}
+        async with self.db.sessions() as session:
+            rows = await session.scalars(
+                select(User).where(User.username.in_(names)).order_by(User.username)
+            )
+            return [
+                PublicUser(id=u.id, username=u.username, display_name=u.display_name)
+                for u in rows
+            ]
 
     # Sessions.
 

@@ -6,7 +6,7 @@ import logging
 import uuid
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -14,6 +14,7 @@ from protocol.chat import (
     AddMembersParams,
     ConversationCreateParams,
     ConversationOut,
+    ConversationUpdateParams,
     MemberOut,
 )
 from protocol.envelope import user_channel
@@ -202,6 +203,34 @@ class ConversationService:
         logger.info("conversation created id=%s kind=%s", conv.id, conv.kind)
         await self._announce_joins(event, [user_id, *others])
         return await self.get(user_id, conv.id)
+
+    async def update(
+        self, user_id: uuid.UUID, params: ConversationUpdateParams
+    ) -> ConversationOut:
+        conv_id = params.conversation_id
+        role = await self.members.role_of(conv_id, user_id)
+        event = None
+        async with self.db.transaction() as session:
+            if params.muted is not None:
+                await session.execute(
+                    update(Member)
+                    .where(Member.conversation_id == conv_id, Member.user_id == user_id)
+                    .values(muted=params.muted)
+                )
+            if params.title is not None:
+                conv = await self._group(session, conv_id)
+                if role not in MANAGERS:
+                    raise ApiError(
+                        ErrorCode.FORBIDDEN, "Only owners and admins rename a group."
+                    )
+                if params.title != conv.title:
+                    conv.title = params.title
+                    event = await append_event(
+                        session, conv_id, "conversation.updated", _summary(conv)
+                    )
+        if event is not None:
+            await self.publish(event.envelope()["channel"], event.envelope())
+        return await self.get(user_id, conv_id)
 
     async def add_members(
         self, user_id: uuid.UUID, params: AddMembersParams

@@ -34,9 +34,20 @@ async def test_every_method_over_rest(app: Running, alice: User, bob: User) -> N
         assert {m["user_id"] for m in group["members"]} == {alice.id, bob.id}
         listed = await call(b, "conversation.list")
         assert [c["id"] for c in listed["conversations"]] == [conv]
-        assert (await call(b, "conversation.get", conversation_id=conv))[
-            "title"
-        ] == "Team"
+        got = await call(b, "conversation.get", conversation_id=conv)
+        assert got["title"] == "Team"
+        found = await call(b, "users.lookup", usernames=["ALICE", "nobody"])
+        assert [u["id"] for u in found["users"]] == [alice.id]
+        renamed = await call(
+            a, "conversation.update", conversation_id=conv, title="Crew"
+        )
+        assert renamed["title"] == "Crew"
+        r = await b.post(
+            "/v1/rpc/conversation.update", json={"conversation_id": conv, "title": "No"}
+        )
+        assert error_code(r) == "forbidden"
+        muted = await rpc(b, "conversation.update", conversation_id=conv, muted=True)
+        assert muted["muted"] is True
         added = await call(
             a, "conversation.add_members", conversation_id=conv, user_ids=[carol.id]
         )
@@ -82,7 +93,8 @@ async def test_every_method_over_rest(app: Running, alice: User, bob: User) -> N
         seqs = [e["seq"] for e in synced["events"]]
         assert seqs == list(range(1, len(seqs) + 1))
         kinds = [e["event"] for e in synced["events"]]
-        assert kinds[:2] == ["member.added", "member.added"]
+        assert kinds[:3] == ["member.added", "conversation.updated", "member.added"]
+        assert "conversation.updated" in kinds
         assert "message.deleted" in kinds
         # The deleted message's text is gone from the log too.
         assert all(e["data"].get("text") != "x" for e in synced["events"]), synced[
