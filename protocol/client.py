@@ -186,9 +186,11 @@ class SquallClient:
         have = self.positions.get(conversation)
         if have is not None and seq <= have:
             return  # already yielded
-        if have is not None and seq > have + 1 and not self._syncing:
-            # Should not happen with a Squall server; recover all the same.
-            self._resumer = asyncio.ensure_future(self._resume())
+        if have is not None and seq > have + 1:
+            # Ahead of what this client has: the events in between come from
+            # the sync under way, or from one started now. Never skip ahead.
+            if not self._syncing:
+                self._resumer = asyncio.ensure_future(self._resume())
             return
         self.positions[conversation] = seq
         self._events.put_nowait(event)
