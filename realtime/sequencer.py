@@ -43,6 +43,19 @@ class Sequencer(Generic[T, S]):
     ``deliver_stored`` what storage returned; both are called in seq order,
     each seq at most once."""
 
+    # Thousands exist per node (one per socket and conversation).
+    __slots__ = (
+        "_deliver_live",
+        "_deliver_stored",
+        "_fetch",
+        "_on_gap",
+        "_task",
+        "cursor",
+        "head_seen",
+        "live",
+        "paused",
+    )
+
     def __init__(
         self,
         cursor: int,

@@ -59,6 +59,24 @@ class Transport(Protocol):
 
 
 class Session:
+    __slots__ = (
+        "__weakref__",
+        "_after_reply",
+        "_buckets",
+        "_channels",
+        "_rejections",
+        "_streams",
+        "_tasks",
+        "_timers",
+        "_watched",
+        "closed",
+        "codec",
+        "conn_id",
+        "node",
+        "principal",
+        "transport",
+    )
+
     def __init__(
         self, node: Node, transport: Transport, codec: Codec, conn_id: str
     ) -> None:
