@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 TokenSource = str | Callable[[], Awaitable[str]]
 
+#: Closed for abusing rate limits: stay away at least this long.
+RATE_LIMITED_PAUSE_S = 60.0
+
 
 class RpcError(Exception):
     """An error reply. ``code`` is from the error catalogue."""
@@ -85,6 +88,7 @@ class SquallClient:
         self._closing = False
         self._syncing = False
         self._resumer: asyncio.Future[None] | None = None
+        self._renewer: asyncio.Future[None] | None = None
 
     # Connection.
 
@@ -105,10 +109,27 @@ class SquallClient:
         self._conn = await tornado.websocket.websocket_connect(
             request, subprotocols=[self.codec.subprotocol]
         )
+        if not self.auth_in_header:
+            await self._auth_first(self._conn, token)
         self.connects += 1
         self._ready.set()
-        if not self.auth_in_header:
-            await self.call("auth", {"token": token})
+
+    async def _auth_first(
+        self, conn: tornado.websocket.WebSocketClientConnection, token: str
+    ) -> None:
+        """The first request of a socket without a header: nothing else can
+        arrive before its reply, so it is read here, before the reader runs."""
+        frame = self.codec.encode(
+            {"id": 0, "method": "auth", "params": {"token": token}}
+        )
+        await conn.write_message(frame, binary=self.codec.binary)
+        reply = await asyncio.wait_for(conn.read_message(), self.call_timeout_s)
+        if reply is None:
+            raise Closed(conn.close_code, conn.close_reason)
+        value = self.codec.decode(reply)
+        if "error" in value:
+            conn.close()
+            raise RpcError(value["error"])
 
     async def close(self) -> None:
         self._closing = True
@@ -135,6 +156,8 @@ class SquallClient:
             advice = CloseCode.from_code(code)
             if advice is not None and not advice.reconnect:
                 break
+            if advice is CloseCode.RATE_LIMITED:
+                await asyncio.sleep(RATE_LIMITED_PAUSE_S)
             if not await self._reopen():
                 break
         self._events.put_nowait(Closed(self.close_code, None))
@@ -177,6 +200,11 @@ class SquallClient:
     # Events.
 
     def _on_event(self, event: dict[str, Any]) -> None:
+        if event.get("event") == "session.expiring" and not isinstance(
+            self._token, str
+        ):
+            # A token source can give a fresh token: swap it in place.
+            self._renewer = asyncio.ensure_future(self._renew())
         seq = event.get("seq")
         channel = event.get("channel") or ""
         if seq is None or not channel.startswith("conv:"):
@@ -194,6 +222,12 @@ class SquallClient:
             return
         self.positions[conversation] = seq
         self._events.put_nowait(event)
+
+    async def _renew(self) -> None:
+        try:
+            await self.call("auth", {"token": await self._token_value()})
+        except (TimeoutError, RpcError, Closed) as exc:
+            logger.info("token renewal failed: %s", exc)
 
     async def _resume(self) -> None:
         """Ask for everything missed since ``positions``, until complete."""

@@ -44,6 +44,8 @@ class Node:
     # Login and register attempts, keyed by client address and by username.
     auth_limiter: KeyedLimiter
     draining: bool = field(default=False)
+    #: Authenticated sockets of this node (sessions), for draining.
+    sockets: set[Any] = field(default_factory=set)
     _rpc_limiters: dict[str, KeyedLimiter] = field(default_factory=dict)
 
     def rpc_limiter(self, rate_class: str) -> KeyedLimiter:

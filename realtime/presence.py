@@ -15,6 +15,7 @@ from typing import Any
 from protocol.chat import PresenceOut
 from protocol.envelope import conversation_channel
 from realtime.services.chatlog import Publish
+from realtime.timefmt import iso_utc
 
 TYPING_EXPIRY_S = 6.0
 _LAST_SEEN_MAX = 100_000
@@ -63,9 +64,11 @@ class Presence:
 
     async def _announce(self, user_id: uuid.UUID, *, online: bool) -> None:
         channel = presence_channel(user_id)
-        data: dict[str, Any] = {"user_id": str(user_id), "online": online}
-        if not online:
-            data["last_seen_at"] = self._last_seen[user_id].isoformat()
+        data: dict[str, Any] = {
+            "user_id": str(user_id),
+            "online": online,
+            "last_seen_at": None if online else iso_utc(self._last_seen[user_id]),
+        }
         await self._publish(
             channel, {"event": "presence", "channel": channel, "data": data}
         )

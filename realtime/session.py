@@ -38,6 +38,7 @@ from realtime.services.chatlog import (
     StoredEvent,
     events_after,
 )
+from realtime.timefmt import iso_from_epoch
 from realtime.wsframe import build_frame
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class Session:
         "_after_reply",
         "_buckets",
         "_channels",
+        "_expiry",
         "_rejections",
         "_streams",
         "_tasks",
@@ -90,6 +92,7 @@ class Session:
         self._watched: set[str] = set()
         self._channels: set[str] = set()
         self._timers: list[asyncio.TimerHandle] = []
+        self._expiry: list[asyncio.TimerHandle] = []
         self._buckets: dict[str, TokenBucket] = {}
         self._rejections: deque[float] = deque()
         self._after_reply: list[Callable[[], None]] = []
@@ -119,13 +122,17 @@ class Session:
         self.transport.close(code.code, code.reason)
         self.on_closed()
 
+    def close_restarting(self) -> None:
+        self.close(CloseCode.SERVER_RESTARTING)
+
     def on_closed(self) -> None:
         """The socket is gone: release everything it held."""
         if self.closed:
             return
         self.closed = True
-        for timer in self._timers:
+        for timer in (*self._timers, *self._expiry):
             timer.cancel()
+        self.node.sockets.discard(self)
         for stream in self._streams.values():
             stream.close()
         for channel in self._channels:
@@ -145,6 +152,7 @@ class Session:
         self.principal = principal
         self._schedule_expiry(principal)
         if first:
+            self.node.sockets.add(self)
             await self._follow_everything(principal.user_id)
             await self.node.presence.connected(principal.user_id)
             logger.info(
@@ -157,19 +165,23 @@ class Session:
         )
 
     def _schedule_expiry(self, principal: Principal) -> None:
-        for timer in self._timers:
+        for timer in self._expiry:
             timer.cancel()
-        self._timers.clear()
+        loop = asyncio.get_running_loop()
         left = principal.expires_at - time.time()
         warn_in = left - self.node.settings.ws_expiry_warning_s
-        expires_at = datetime.fromtimestamp(principal.expires_at, UTC).isoformat()
-        self._later(
-            max(0.0, warn_in),
-            lambda: self.send_value(
-                {"event": "session.expiring", "data": {"expires_at": expires_at}}
+        expires_at = iso_from_epoch(principal.expires_at)
+        self._expiry = [
+            loop.call_later(
+                max(0.0, warn_in),
+                lambda: self.send_value(
+                    {"event": "session.expiring", "data": {"expires_at": expires_at}}
+                ),
             ),
-        )
-        self._later(max(0.0, left), lambda: self.close(CloseCode.TOKEN_EXPIRED))
+            loop.call_later(
+                max(0.0, left), lambda: self.close(CloseCode.TOKEN_EXPIRED)
+            ),
+        ]
 
     async def _follow_everything(self, user_id: uuid.UUID) -> None:
         self._subscribe(user_channel(user_id))
@@ -274,7 +286,9 @@ class Session:
         for stream in self._streams.values():
             stream.pause()
         try:
-            result = await self.node.messages.sync(self.principal.user_id, params)
+            result, caught_up = await self.node.messages.sync_page(
+                self.principal.user_id, params
+            )
         except BaseException:
             for stream in self._streams.values():
                 stream.catch_up()
@@ -284,11 +298,13 @@ class Session:
             stream.cursor = position
         for conv_id in result.removed:
             self._unfollow(conversation_channel(conv_id))
+        # Conversations this page brought up to date go live after the
+        # reply; the others wait for the client's next sync page.
+        resumed = [self._streams[conversation_channel(c)] for c in caught_up]
 
         def resume() -> None:
-            if result.complete:
-                for stream in self._streams.values():
-                    stream.catch_up()
+            for stream in resumed:
+                stream.catch_up()
 
         self._after_reply.append(resume)
         return result
@@ -308,9 +324,7 @@ class Session:
                 None, ApiError(ErrorCode.INVALID_JSON, "The frame is not valid.")
             )
             return
-        request_id = value.get("id") if isinstance(value, dict) else None
-        if not isinstance(request_id, str | int) or isinstance(request_id, bool):
-            request_id = None
+        request_id = _usable_id(value.get("id") if isinstance(value, dict) else None)
         try:
             request = Request.model_validate(value)
         except ValidationError as exc:
@@ -405,7 +419,7 @@ class Session:
         self.send_value(
             {
                 "id": request_id,
-                "error": error.body().model_dump(mode="json", exclude_none=True),
+                "error": error.body().model_dump(mode="json"),
             }
         )
 
@@ -432,6 +446,17 @@ class Session:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _usable_id(value: object) -> str | int | None:
+    """The id to echo in an error reply: only one a valid request could have."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and -(2**53) < value < 2**53:
+        return value
+    if isinstance(value, str) and 0 < len(value) <= 64:
+        return value
+    return None
 
 
 def _close_for(error: ApiError) -> CloseCode:

@@ -11,6 +11,7 @@ import tornado.web
 import tornado.websocket
 from tornado.iostream import StreamClosedError
 
+from protocol.close_codes import CloseCode
 from protocol.codecs import CODECS, JSON
 from realtime.node import Node
 from realtime.session import Session
@@ -34,7 +35,14 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
         await super().get(*args, **kwargs)
 
     def check_origin(self, origin: str) -> bool:
-        # Only browsers send Origin; native clients are always allowed.
+        # Refused after the upgrade instead (4005): a browser cannot read an
+        # HTTP status of a failed handshake, but it can read a close code.
+        return True
+
+    def _origin_allowed(self) -> bool:
+        origin = self.request.headers.get("Origin")
+        if origin is None:
+            return True  # only browsers send Origin; native clients pass
         allowed = self.node.settings.allowed_origins
         return "*" in allowed or origin in allowed
 
@@ -49,6 +57,10 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
         return None
 
     async def open(self, *args: str, **kwargs: str) -> None:
+        if not self._origin_allowed():
+            logger.info("refused origin from %s", self.request.remote_ip)
+            self.close(CloseCode.FORBIDDEN.code, CloseCode.FORBIDDEN.reason)
+            return
         codec = CODECS.get(self.selected_subprotocol or "", JSON)
         conn_id = secrets.token_hex(6)
         self.session = Session(self.node, self, codec, conn_id)
@@ -66,8 +78,15 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
         await self.session.start(bearer)
 
     async def on_message(self, message: str | bytes) -> None:
-        if self.session is not None:
+        if self.session is None:
+            return
+        try:
             await self.session.on_frame(message)
+        except Exception:
+            # Requests are answered one by one inside; reaching here means
+            # the session itself is in a state we did not foresee.
+            logger.exception("conn=%s session failed", self.session.conn_id)
+            self.session.close(CloseCode.INTERNAL_ERROR)
 
     def on_close(self) -> None:
         if self.session is not None:

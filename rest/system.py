@@ -6,6 +6,8 @@ import logging
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from protocol.asyncapi import build_asyncapi
+
 from .base import ApiHandler, json_bytes
 from .openapi import build_openapi
 from .spec import Operation, Route
@@ -60,6 +62,19 @@ class OpenApiHandler(ApiHandler):
         self.finish(json_bytes(cls.document))
 
 
+class AsyncApiHandler(ApiHandler):
+    """The AsyncAPI 3.0 document of the WebSocket protocol, built once."""
+
+    document: dict[str, Any] | None = None
+
+    def get(self) -> None:
+        cls = type(self)
+        if cls.document is None:
+            cls.document = build_asyncapi(squall_version())
+        self.set_header("Cache-Control", "public, max-age=60")
+        self.finish(json_bytes(cls.document))
+
+
 ROUTES = (
     Route(
         "/healthz",
@@ -70,5 +85,16 @@ ROUTES = (
         "/readyz",
         ReadyHandler,
         (Operation("get", "Readiness: storage reachable, not draining", auth=False),),
+    ),
+    Route(
+        "/asyncapi.json",
+        AsyncApiHandler,
+        (
+            Operation(
+                "get",
+                "AsyncAPI 3.0 document of the WebSocket protocol at /v1/ws",
+                auth=False,
+            ),
+        ),
     ),
 )

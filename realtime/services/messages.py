@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -36,6 +35,7 @@ from realtime.storage.models import (
     Message,
     utcnow,
 )
+from realtime.timefmt import iso_utc
 
 from .chatlog import MemberCache, Publish, StoredEvent, append_event, events_after
 from .conversations import MANAGERS, ConversationService
@@ -182,7 +182,7 @@ class MessageService:
                     "message_id": str(msg.id),
                     "message_seq": msg.seq,
                     "text": params.text,
-                    "edited_at": _iso(now),
+                    "edited_at": iso_utc(now),
                 },
             )
         await self._publish(event)
@@ -212,7 +212,7 @@ class MessageService:
                 {
                     "message_id": str(msg.id),
                     "message_seq": msg.seq,
-                    "deleted_at": _iso(now),
+                    "deleted_at": iso_utc(now),
                 },
             )
         await self._publish(event)
@@ -281,30 +281,37 @@ class MessageService:
     async def sync(self, user_id: uuid.UUID, params: SyncParams) -> SyncResult:
         """Everything missed since ``positions``, conversation by conversation,
         at most ``limit`` events in all."""
+        result, _ = await self.sync_page(user_id, params)
+        return result
+
+    async def sync_page(
+        self, user_id: uuid.UUID, params: SyncParams
+    ) -> tuple[SyncResult, set[uuid.UUID]]:
+        """:meth:`sync`, and which conversations the page brought up to date
+        (a socket resumes live delivery for those even when more is left)."""
         heads = await self.conversations.memberships(user_id)
         budget = params.limit
         events: list[EventOut] = []
         positions: dict[uuid.UUID, int] = {}
-        complete = True
         for conv_id in sorted(heads, key=str):
             position = min(params.positions.get(conv_id, 0), heads[conv_id])
             positions[conv_id] = position
-            if heads[conv_id] <= position:
-                continue
-            if budget == 0:
-                complete = False
+            if heads[conv_id] <= position or budget == 0:
                 continue
             page = await events_after(self.db, conv_id, position, budget)
             budget -= len(page)
             events.extend(EventOut.model_validate(e.envelope()) for e in page)
             if page:
                 positions[conv_id] = page[-1].seq
-            if positions[conv_id] < heads[conv_id]:
-                complete = False
+        caught_up = {c for c in heads if positions[c] >= heads[c]}
         removed = [c for c in params.positions if c not in heads]
-        return SyncResult(
-            events=events, positions=positions, complete=complete, removed=removed
+        result = SyncResult(
+            events=events,
+            positions=positions,
+            complete=len(caught_up) == len(heads),
+            removed=removed,
         )
+        return result, caught_up
 
     # Receipts.
 
@@ -373,7 +380,3 @@ class MessageService:
                 },
             )
         return int(current or 0)
-
-
-def _iso(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
