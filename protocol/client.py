@@ -86,6 +86,7 @@ class SquallClient:
         self._reader: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._closing = False
+        self._finished = False
         self._syncing = False
         self._resumer: asyncio.Future[None] | None = None
         self._renewer: asyncio.Future[None] | None = None
@@ -145,7 +146,9 @@ class SquallClient:
             conn = self._conn
             reading = asyncio.ensure_future(self._read(conn))
             if self.connects > 1 or self.positions:
-                await self._resume()
+                # Beside the reader, so that a close during the resume
+                # fails its sync at once instead of after a timeout.
+                self._resumer = asyncio.ensure_future(self._resume())
             await reading
             code, reason = conn.close_code, conn.close_reason
             self.close_code = code
@@ -160,6 +163,7 @@ class SquallClient:
                 await asyncio.sleep(RATE_LIMITED_PAUSE_S)
             if not await self._reopen():
                 break
+        self._finished = True
         self._events.put_nowait(Closed(self.close_code, None))
 
     async def _reopen(self) -> bool:
@@ -167,6 +171,8 @@ class SquallClient:
             delay = self.backoff.next_delay()
             logger.info("reconnecting in %.2fs", delay)
             await asyncio.sleep(delay)
+            if self._closing:
+                break
             try:
                 await asyncio.wait_for(self._open(), 10)
             except (TimeoutError, OSError, tornado.httpclient.HTTPClientError):
@@ -279,6 +285,8 @@ class SquallClient:
         timeout: float | None = None,
     ) -> Any:
         """Send a request; return its result or raise :class:`RpcError`."""
+        if self._finished or (self._closing and not self._ready.is_set()):
+            raise Closed(self.close_code, None)
         await asyncio.wait_for(self._ready.wait(), timeout or self.call_timeout_s)
         assert self._conn is not None
         request_id = next(self._ids)

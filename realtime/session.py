@@ -287,7 +287,9 @@ class Session:
             stream.pause()
         try:
             result, caught_up = await self.node.messages.sync_page(
-                self.principal.user_id, params
+                self.principal.user_id,
+                params,
+                max_bytes=self.node.settings.ws_outbox_max_bytes // 2,
             )
         except BaseException:
             for stream in self._streams.values():
@@ -432,7 +434,10 @@ class Session:
         if self.closed:
             return
         limit = self.node.settings.ws_outbox_max_bytes
-        if self.transport.buffered_bytes() + len(frame) > limit:
+        buffered = self.transport.buffered_bytes()
+        # A frame alone may exceed the bound (a big sync page); what counts
+        # is a backlog the client is not reading.
+        if buffered and buffered + len(frame) > limit:
             self.close(CloseCode.SLOW_CONSUMER)
             return
         self.transport.send_frame(frame)

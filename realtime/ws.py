@@ -61,6 +61,9 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
             logger.info("refused origin from %s", self.request.remote_ip)
             self.close(CloseCode.FORBIDDEN.code, CloseCode.FORBIDDEN.reason)
             return
+        # A reply and the event it caused go out back to back; without this
+        # the second waits for a delayed ACK (tens of milliseconds).
+        self.set_nodelay(True)
         codec = CODECS.get(self.selected_subprotocol or "", JSON)
         conn_id = secrets.token_hex(6)
         self.session = Session(self.node, self, codec, conn_id)

@@ -38,6 +38,8 @@ class StoredEvent:
     seq: int
     type: str
     data: dict[str, Any]
+    #: Length of the stored JSON, to size pages without re-encoding.
+    size: int = 0
 
     def envelope(self) -> dict[str, Any]:
         return {
@@ -94,7 +96,7 @@ async def events_after(
             .limit(limit)
         )
         return [
-            StoredEvent(conversation_id, seq, kind, orjson.loads(data))
+            StoredEvent(conversation_id, seq, kind, orjson.loads(data), len(data))
             for seq, kind, data in rows
         ]
 

@@ -42,6 +42,10 @@ from .conversations import MANAGERS, ConversationService
 
 logger = logging.getLogger(__name__)
 
+#: Event data per sync page past its first event, so that one reply stays
+#: well inside a socket's outbox.
+SYNC_PAGE_BYTES = 512 * 1024
+
 
 def _message_data(
     msg: Message, attachment_ids: list[uuid.UUID] | list[str]
@@ -285,24 +289,35 @@ class MessageService:
         return result
 
     async def sync_page(
-        self, user_id: uuid.UUID, params: SyncParams
+        self,
+        user_id: uuid.UUID,
+        params: SyncParams,
+        *,
+        max_bytes: int = SYNC_PAGE_BYTES,
     ) -> tuple[SyncResult, set[uuid.UUID]]:
         """:meth:`sync`, and which conversations the page brought up to date
-        (a socket resumes live delivery for those even when more is left)."""
+        (a socket resumes live delivery for those even when more is left).
+
+        A page holds at most ``params.limit`` events and, past its first
+        event, about ``max_bytes`` of event data."""
         heads = await self.conversations.memberships(user_id)
         budget = params.limit
+        room = max_bytes
         events: list[EventOut] = []
         positions: dict[uuid.UUID, int] = {}
         for conv_id in sorted(heads, key=str):
             position = min(params.positions.get(conv_id, 0), heads[conv_id])
             positions[conv_id] = position
-            if heads[conv_id] <= position or budget == 0:
+            if heads[conv_id] <= position or budget == 0 or room <= 0:
                 continue
             page = await events_after(self.db, conv_id, position, budget)
-            budget -= len(page)
-            events.extend(EventOut.model_validate(e.envelope()) for e in page)
-            if page:
-                positions[conv_id] = page[-1].seq
+            for event in page:
+                if room <= 0 and events:
+                    break
+                events.append(EventOut.model_validate(event.envelope()))
+                positions[conv_id] = event.seq
+                budget -= 1
+                room -= event.size
         caught_up = {c for c in heads if positions[c] >= heads[c]}
         removed = [c for c in params.positions if c not in heads]
         result = SyncResult(
