@@ -32,8 +32,7 @@ def hs(**kwargs: Any) -> TokenCodec:
     return TokenCodec(**options)
 
 
-def rsa_pems() -> tuple[bytes, bytes]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+def _pems(key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey) -> tuple[bytes, bytes]:
     private = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -43,19 +42,14 @@ def rsa_pems() -> tuple[bytes, bytes]:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return private, public
+
+
+def rsa_pems() -> tuple[bytes, bytes]:
+    return _pems(rsa.generate_private_key(public_exponent=65537, key_size=2048))
 
 
 def ed_pems() -> tuple[bytes, bytes]:
-    key = ed25519.Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return private, public
+    return _pems(ed25519.Ed25519PrivateKey.generate())
 
 
 def test_round_trip() -> None:
