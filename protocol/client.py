@@ -154,6 +154,11 @@ class SquallClient:
             self.close_code = code
             self._ready.clear()
             self._fail_pending(Closed(code, reason))
+            if self._resumer is not None:
+                # A sync reply read just before the close may still be being
+                # handed out: its events must come before the end of stream.
+                with contextlib.suppress(BaseException):
+                    await self._resumer
             if self._closing or not self.reconnect:
                 break
             advice = CloseCode.from_code(code)

@@ -84,7 +84,7 @@ class Hub:
         if entry is None:
             entry = self._channels[channel] = _Channel()
             if head is not None:
-                entry.sequencer = self._sequencer(channel, entry, head)
+                entry.sequencer = Sequencer(head, self, channel)
             self.bus.subscribe(channel)
         entry.subscribers.add(subscriber)
 
@@ -129,26 +129,21 @@ class Hub:
             subscriber.on_frames(channel, frames)
         self.deliveries += len(entry.subscribers)
 
-    def _sequencer(
-        self, channel: str, entry: _Channel, head: int
-    ) -> Sequencer[Frames, StoredEvent]:
-        conversation_id = uuid.UUID(channel.split(":", 1)[1])
+    # Sequencer owner: node-level order per conversation channel.
 
-        async def fetch(after: int, limit: int) -> Sequence[StoredEvent]:
-            return await self._fetch(conversation_id, after, limit)
+    async def fetch_events(
+        self, key: str, after: int, limit: int
+    ) -> Sequence[StoredEvent]:
+        return await self._fetch(uuid.UUID(key[5:]), after, limit)
 
-        def gap(cursor: int, seq: int) -> None:
-            self.gap_repairs += 1
-            logger.info(
-                "gap on %s: have %d, got %d; reading storage", channel, cursor, seq
-            )
+    def deliver_live(self, key: str, item: Frames) -> None:
+        entry = self._channels.get(key)
+        if entry is not None:
+            self._fan_out(entry, key, item)
 
-        return Sequencer(
-            head,
-            fetch,
-            deliver_live=lambda seq, frames: self._fan_out(entry, channel, frames),
-            deliver_stored=lambda event: self._fan_out(
-                entry, channel, Frames(event.envelope())
-            ),
-            on_gap=gap,
-        )
+    def deliver_stored(self, key: str, event: StoredEvent) -> None:
+        self.deliver_live(key, Frames(event.envelope()))
+
+    def on_gap(self, key: str, cursor: int, seq: int) -> None:
+        self.gap_repairs += 1
+        logger.info("gap on %s: have %d, got %d; reading storage", key, cursor, seq)

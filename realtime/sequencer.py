@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Generic, Protocol, TypeVar
 
 logger = logging.getLogger(__name__)
@@ -27,9 +27,24 @@ class HasSeq(Protocol):
 
 T = TypeVar("T")
 S = TypeVar("S", bound=HasSeq)
+T_contra = TypeVar("T_contra", contravariant=True)
+S_co = TypeVar("S_co", bound=HasSeq)
 
-#: Reads stored events with seq > after, oldest first, at most ``limit``.
-Fetch = Callable[[int, int], Awaitable[Sequence[S]]]
+
+class Owner(Protocol[T_contra, S_co]):
+    """What a sequencer works for (the hub, or a socket's session). Methods
+    rather than closures: thousands of sequencers live on a node."""
+
+    async def fetch_events(self, key: str, after: int, limit: int) -> Sequence[S_co]:
+        """Stored events with seq > ``after``, oldest first."""
+        ...
+
+    def deliver_live(self, key: str, item: T_contra) -> None: ...
+
+    def deliver_stored(self, key: str, event: S_co) -> None: ...
+
+    def on_gap(self, key: str, cursor: int, seq: int) -> None: ...
+
 
 PAGE = 500
 #: How often to re-read storage for a seq the bus announced but a replica
@@ -44,36 +59,26 @@ class Sequencer(Generic[T, S]):
     each seq at most once."""
 
     # Thousands exist per node (one per socket and conversation).
-    __slots__ = (
-        "_deliver_live",
-        "_deliver_stored",
-        "_fetch",
-        "_on_gap",
-        "_task",
-        "cursor",
-        "head_seen",
-        "live",
-        "paused",
-    )
+    __slots__ = ("_owner", "_task", "cursor", "head_seen", "key", "live", "paused")
 
-    def __init__(
-        self,
-        cursor: int,
-        fetch: Fetch[S],
-        deliver_live: Callable[[int, T], None],
-        deliver_stored: Callable[[S], None],
-        *,
-        on_gap: Callable[[int, int], None] | None = None,
-    ) -> None:
+    def __init__(self, cursor: int, owner: Owner[T, S], key: str) -> None:
         self.cursor = cursor
         self.live = True
         self.paused = False
         self.head_seen = cursor
-        self._fetch = fetch
-        self._deliver_live = deliver_live
-        self._deliver_stored = deliver_stored
-        self._on_gap = on_gap
+        self.key = key
+        self._owner = owner
         self._task: asyncio.Task[None] | None = None
+
+    def next_in_order(self, seq: int) -> bool:
+        """The fast lane: True, with the cursor moved, when ``seq`` is the
+        next live event. Anything else goes through :meth:`offer`."""
+        if self.live and seq == self.cursor + 1:
+            self.cursor = seq
+            if seq > self.head_seen:
+                self.head_seen = seq
+            return True
+        return False
 
     def offer(self, seq: int, item: T) -> None:
         """An event from the bus."""
@@ -88,10 +93,9 @@ class Sequencer(Generic[T, S]):
             return
         if seq == self.cursor + 1:
             self.cursor = seq
-            self._deliver_live(seq, item)
+            self._owner.deliver_live(self.key, item)
             return
-        if self._on_gap is not None:
-            self._on_gap(self.cursor, seq)
+        self._owner.on_gap(self.key, self.cursor, seq)
         self.catch_up()
 
     def pause(self) -> None:
@@ -125,11 +129,11 @@ class Sequencer(Generic[T, S]):
         misses = 0
         try:
             while True:
-                page = await self._fetch(self.cursor, PAGE)
+                page = await self._owner.fetch_events(self.key, self.cursor, PAGE)
                 for event in page:
                     if event.seq == self.cursor + 1:
                         self.cursor = event.seq
-                        self._deliver_stored(event)
+                        self._owner.deliver_stored(self.key, event)
                 if self.cursor >= self.head_seen and len(page) < PAGE:
                     break
                 if not page:

@@ -48,28 +48,25 @@ MAX_PRESENCE_WATCH = 1000
 
 
 class Transport(Protocol):
-    def send_frame(self, frame: bytes) -> None:
-        """Queue one complete WebSocket frame; drop it if the socket closed."""
-        ...
-
-    def buffered_bytes(self) -> int:
-        """Bytes queued on the socket and not yet taken by the kernel."""
+    def send_frame(self, frame: bytes) -> int:
+        """Send one complete WebSocket frame (dropped if the socket closed);
+        return the bytes still queued, not yet taken by the kernel."""
         ...
 
     def close(self, code: int, reason: str) -> None: ...
 
 
 class Session:
+    # Thousands per node: no __dict__, and containers made on first use.
     __slots__ = (
         "__weakref__",
         "_after_reply",
         "_buckets",
-        "_channels",
-        "_expiry",
         "_rejections",
         "_streams",
         "_tasks",
-        "_timers",
+        "_timer",
+        "_user_channel",
         "_watched",
         "closed",
         "codec",
@@ -89,14 +86,14 @@ class Session:
         self.principal: Principal | None = None
         self.closed = False
         self._streams: dict[str, Sequencer[Frames, StoredEvent]] = {}
-        self._watched: set[str] = set()
-        self._channels: set[str] = set()
-        self._timers: list[asyncio.TimerHandle] = []
-        self._expiry: list[asyncio.TimerHandle] = []
-        self._buckets: dict[str, TokenBucket] = {}
-        self._rejections: deque[float] = deque()
-        self._after_reply: list[Callable[[], None]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._user_channel: str | None = None
+        self._watched: set[str] | None = None
+        #: The auth deadline, then the token's expiry warning, then its end.
+        self._timer: asyncio.TimerHandle | None = None
+        self._buckets: dict[str, TokenBucket] | None = None
+        self._rejections: deque[float] | None = None
+        self._after_reply: list[Callable[[], None]] | None = None
+        self._tasks: set[asyncio.Task[None]] | None = None
 
     # Life cycle.
 
@@ -108,7 +105,7 @@ class Session:
             except ApiError as exc:
                 self.close(_close_for(exc))
             return
-        self._later(self.node.settings.ws_auth_timeout_s, self._auth_deadline)
+        self._set_timer(self.node.settings.ws_auth_timeout_s, self._auth_deadline)
 
     def _auth_deadline(self) -> None:
         if self.principal is None and not self.closed:
@@ -130,14 +127,17 @@ class Session:
         if self.closed:
             return
         self.closed = True
-        for timer in (*self._timers, *self._expiry):
-            timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         self.node.sockets.discard(self)
-        for stream in self._streams.values():
+        hub = self.node.hub
+        for channel, stream in self._streams.items():
             stream.close()
-        for channel in self._channels:
-            self.node.hub.unsubscribe(channel, self)
-        self._channels.clear()
+            hub.unsubscribe(channel, self)
+        for channel in self._watched or ():
+            hub.unsubscribe(channel, self)
+        if self._user_channel is not None:
+            hub.unsubscribe(self._user_channel, self)
         self._streams.clear()
         if self.principal is not None:
             self._spawn(self.node.presence.disconnected(self.principal.user_id))
@@ -165,74 +165,74 @@ class Session:
         )
 
     def _schedule_expiry(self, principal: Principal) -> None:
-        for timer in self._expiry:
-            timer.cancel()
-        loop = asyncio.get_running_loop()
-        left = principal.expires_at - time.time()
-        warn_in = left - self.node.settings.ws_expiry_warning_s
-        expires_at = iso_from_epoch(principal.expires_at)
-        self._expiry = [
-            loop.call_later(
-                max(0.0, warn_in),
-                lambda: self.send_value(
-                    {"event": "session.expiring", "data": {"expires_at": expires_at}}
-                ),
-            ),
-            loop.call_later(
-                max(0.0, left), lambda: self.close(CloseCode.TOKEN_EXPIRED)
-            ),
-        ]
+        warn_at = principal.expires_at - self.node.settings.ws_expiry_warning_s
+        self._set_timer(max(0.0, warn_at - time.time()), self._expiry_warning)
+
+    def _expiry_warning(self) -> None:
+        assert self.principal is not None
+        expires_at = self.principal.expires_at
+        self.send_value(
+            {
+                "event": "session.expiring",
+                "data": {"expires_at": iso_from_epoch(expires_at)},
+            }
+        )
+        self._set_timer(max(0.0, expires_at - time.time()), self._expired)
+
+    def _expired(self) -> None:
+        self.close(CloseCode.TOKEN_EXPIRED)
 
     async def _follow_everything(self, user_id: uuid.UUID) -> None:
-        self._subscribe(user_channel(user_id))
+        self._user_channel = user_channel(user_id)
+        self.node.hub.subscribe(self._user_channel, self)
         heads = await self.node.conversations.memberships(user_id)
         for conv_id, head in heads.items():
             self._follow(conv_id, head)
 
     # Subscriptions.
 
-    def _subscribe(self, channel: str, head: int | None = None) -> None:
-        if channel not in self._channels:
-            self._channels.add(channel)
-            self.node.hub.subscribe(channel, self, head)
-
     def _follow(
         self, conversation_id: uuid.UUID, cursor: int
     ) -> Sequencer[Frames, StoredEvent]:
         channel = conversation_channel(conversation_id)
         stream = self._streams.get(channel)
-        if stream is not None:
-            return stream
-        db = self.node.db
-
-        async def fetch(after: int, limit: int) -> Sequence[StoredEvent]:
-            return await events_after(db, conversation_id, after, limit)
-
-        stream = Sequencer(
-            cursor,
-            fetch,
-            deliver_live=lambda seq, frames: self._write(frames.frame(self.codec)),
-            deliver_stored=lambda event: self.send_value(event.envelope()),
-        )
-        self._streams[channel] = stream
-        self._subscribe(channel, cursor)
+        if stream is None:
+            stream = self._streams[channel] = Sequencer(cursor, self, channel)
+            self.node.hub.subscribe(channel, self, cursor)
         return stream
 
     def _unfollow(self, channel: str) -> None:
         stream = self._streams.pop(channel, None)
         if stream is not None:
             stream.close()
-        if channel in self._channels:
-            self._channels.discard(channel)
             self.node.hub.unsubscribe(channel, self)
 
+    # Sequencer owner: this socket's order per conversation.
+
+    async def fetch_events(
+        self, key: str, after: int, limit: int
+    ) -> Sequence[StoredEvent]:
+        return await events_after(self.node.db, uuid.UUID(key[5:]), after, limit)
+
+    def deliver_live(self, key: str, item: Frames) -> None:
+        self._write(item.frame(self.codec))
+
+    def deliver_stored(self, key: str, event: StoredEvent) -> None:
+        self.send_value(event.envelope())
+
+    def on_gap(self, key: str, cursor: int, seq: int) -> None:
+        logger.debug("conn=%s behind on %s: %d..%d", self.conn_id, key, cursor, seq)
+
     def watch_presence(self, user_ids: list[uuid.UUID]) -> None:
+        if self._watched is None:
+            self._watched = set()
         for user_id in user_ids:
             if len(self._watched) >= MAX_PRESENCE_WATCH:
                 break
             channel = presence_channel(user_id)
-            self._watched.add(channel)
-            self._subscribe(channel)
+            if channel not in self._watched:
+                self._watched.add(channel)
+                self.node.hub.subscribe(channel, self)
 
     # Events from the hub.
 
@@ -241,16 +241,20 @@ class Session:
             return
         stream = self._streams.get(channel)
         if stream is not None:
-            if frames.seq is not None:
-                stream.offer(frames.seq, frames)
-            elif stream.live:
-                # typing and receipts: ephemeral, dropped while catching up.
+            seq = frames.seq
+            if seq is None:
+                if stream.live:
+                    # typing and receipts: ephemeral, dropped while catching up.
+                    self._write(frames.frame(self.codec))
+            elif stream.next_in_order(seq):
                 self._write(frames.frame(self.codec))
+            else:
+                stream.offer(seq, frames)
             return
         kind = frames.value.get("event")
         if kind in (SUBSCRIBE, UNSUBSCRIBE, REVOKED):
             self._control(kind, frames.value.get("data") or {})
-        elif channel in self._watched:
+        elif self._watched is not None and channel in self._watched:
             self._write(frames.frame(self.codec))
 
     def _control(self, kind: str, data: dict[str, Any]) -> None:
@@ -308,7 +312,7 @@ class Session:
             for stream in resumed:
                 stream.catch_up()
 
-        self._after_reply.append(resume)
+        self._after_reply = [*(self._after_reply or ()), resume]
         return result
 
     # Requests.
@@ -383,9 +387,10 @@ class Session:
             self.reply_error(request.id, ApiError(ErrorCode.INTERNAL_ERROR))
             return
         self.send_value({"id": request.id, "result": result.model_dump(mode="json")})
-        for hook in self._after_reply:
-            hook()
-        self._after_reply.clear()
+        if self._after_reply:
+            hooks, self._after_reply = self._after_reply, None
+            for hook in hooks:
+                hook()
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "conn=%s %s ok in %.1fms",
@@ -402,17 +407,22 @@ class Session:
         limits = self.node.settings.ws_rate_limits
         rate, burst = limits.get(rate_class) or limits["default"]
         now = time.monotonic()
+        if self._buckets is None:
+            self._buckets = {}
         bucket = self._buckets.get(rate_class)
         if bucket is None:
             bucket = self._buckets[rate_class] = TokenBucket(rate, burst, burst, now)
         wait = bucket.take(now)
         if wait <= 0:
             return
+        if self._rejections is None:
+            self._rejections = deque()
         self._rejections.append(now)
-        while self._rejections and self._rejections[0] < now - ABUSE_WINDOW_S:
+        while self._rejections[0] < now - ABUSE_WINDOW_S:
             self._rejections.popleft()
         if len(self._rejections) > self.node.settings.ws_abuse_limit:
-            self._later(0, lambda: self.close(CloseCode.RATE_LIMITED))
+            # After this request's error reply has been written.
+            asyncio.get_running_loop().call_soon(self.close, CloseCode.RATE_LIMITED)
         raise ApiError(ErrorCode.RATE_LIMITED, retry_after_ms=max(1, int(wait * 1000)))
 
     # Output.
@@ -429,25 +439,24 @@ class Session:
         self._write(build_frame(self.codec.encode(value), self.codec.binary))
 
     def _write(self, frame: bytes) -> None:
-        """Queue a frame; a client whose queue passes the bound is closed
+        """Send a frame; a client whose backlog passes the bound is closed
         instead of growing the node's memory."""
         if self.closed:
             return
-        limit = self.node.settings.ws_outbox_max_bytes
-        buffered = self.transport.buffered_bytes()
-        # A frame alone may exceed the bound (a big sync page); what counts
-        # is a backlog the client is not reading.
-        if buffered and buffered + len(frame) > limit:
+        backlog = self.transport.send_frame(frame)
+        if backlog > self.node.settings.ws_outbox_max_bytes:
             self.close(CloseCode.SLOW_CONSUMER)
-            return
-        self.transport.send_frame(frame)
 
     # Helpers.
 
-    def _later(self, delay: float, callback: Callable[[], None]) -> None:
-        self._timers.append(asyncio.get_running_loop().call_later(delay, callback))
+    def _set_timer(self, delay: float, callback: Callable[[], None]) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(delay, callback)
 
     def _spawn(self, coro: Any) -> None:
+        if self._tasks is None:
+            self._tasks = set()
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -9,7 +9,8 @@ from typing import Any
 
 import tornado.web
 import tornado.websocket
-from tornado.iostream import StreamClosedError
+from tornado.httputil import HTTPHeaders
+from tornado.iostream import IOStream, StreamClosedError
 
 from protocol.close_codes import CloseCode
 from protocol.codecs import CODECS, JSON
@@ -78,6 +79,9 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
                 bearer = token.strip()
             else:
                 bearer = ""
+        # The upgrade's headers (the token among them) are not needed again;
+        # let them go rather than keep them for the socket's life.
+        self.request.headers = HTTPHeaders()
         await self.session.start(bearer)
 
     async def on_message(self, message: str | bytes) -> None:
@@ -97,23 +101,30 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
 
     # Transport, for the session.
 
-    def send_frame(self, frame: bytes) -> None:
-        # The frame is complete and shared by every socket of an event, so it
-        # goes to the stream as it is: no per-socket framing, no task.
+    def send_frame(self, frame: bytes) -> int:
+        # The frame is complete and shared by every socket of an event. When
+        # nothing is queued it goes straight to the kernel: no copy into the
+        # stream's buffer, no future, no callback per delivery.
         conn = self.ws_connection
         if conn is None or conn.is_closing() or conn.stream is None:
-            return
-        try:
-            conn.stream.write(frame)
-        except StreamClosedError:
-            return
-
-    def buffered_bytes(self) -> int:
-        conn = self.ws_connection
-        if conn is None:
             return 0
-        buffer = getattr(conn.stream, "_write_buffer", None)
-        return len(buffer) if buffer is not None else 0
+        stream = conn.stream
+        if stream.closed():
+            return 0
+        data: bytes | memoryview = frame
+        try:
+            if not stream.writing() and type(stream) is IOStream:
+                try:
+                    sent = stream.socket.send(frame)
+                except BlockingIOError:
+                    sent = 0
+                if sent == len(frame):
+                    return 0
+                data = memoryview(frame)[sent:]
+            stream.write(data)
+        except (StreamClosedError, OSError):
+            return 0
+        return len(stream._write_buffer)
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
         super().close(code, reason)
