@@ -50,16 +50,11 @@ class StoredEvent:
         }
 
 
-async def append_event(
-    session: AsyncSession,
-    conversation_id: uuid.UUID,
-    event_type: str,
-    data: dict[str, Any],
-) -> StoredEvent:
-    """Give the conversation its next seq and log the event, in the caller's
-    transaction. The row lock on the conversation orders concurrent writers,
-    so seqs commit in order."""
-    seq = (
+async def next_seq(session: AsyncSession, conversation_id: uuid.UUID) -> int:
+    """Take the conversation's next seq, in the caller's transaction. The row
+    lock this update takes orders concurrent writers, so seqs commit in
+    order."""
+    return (
         await session.execute(
             update(Conversation)
             .where(Conversation.id == conversation_id)
@@ -67,7 +62,16 @@ async def append_event(
             .returning(Conversation.last_seq)
         )
     ).scalar_one()
-    event = StoredEvent(conversation_id, seq, event_type, data)
+
+
+def log_event(
+    session: AsyncSession,
+    conversation_id: uuid.UUID,
+    seq: int,
+    event_type: str,
+    data: dict[str, Any],
+) -> StoredEvent:
+    """Add the event under a seq from :func:`next_seq` to the log."""
     session.add(
         ConversationEvent(
             conversation_id=conversation_id,
@@ -76,7 +80,18 @@ async def append_event(
             data=orjson.dumps(data).decode(),
         )
     )
-    return event
+    return StoredEvent(conversation_id, seq, event_type, data)
+
+
+async def append_event(
+    session: AsyncSession,
+    conversation_id: uuid.UUID,
+    event_type: str,
+    data: dict[str, Any],
+) -> StoredEvent:
+    """:func:`next_seq` and :func:`log_event` in one."""
+    seq = await next_seq(session, conversation_id)
+    return log_event(session, conversation_id, seq, event_type, data)
 
 
 async def events_after(

@@ -37,7 +37,15 @@ from realtime.storage.models import (
 )
 from realtime.timefmt import iso_utc
 
-from .chatlog import MemberCache, Publish, StoredEvent, append_event, events_after
+from .chatlog import (
+    MemberCache,
+    Publish,
+    StoredEvent,
+    append_event,
+    events_after,
+    log_event,
+    next_seq,
+)
 from .conversations import MANAGERS, ConversationService
 
 logger = logging.getLogger(__name__)
@@ -86,68 +94,64 @@ class MessageService:
     async def send(self, user_id: uuid.UUID, params: SendParams) -> SendResult:
         conv_id = params.conversation_id
         await self.members.role_of(conv_id, user_id)
-        stored = await self._find_sent(user_id, params.client_msg_id)
-        if stored is not None:
-            return stored
         try:
             async with self.db.transaction() as session:
-                attachments = list(
-                    await session.scalars(
-                        select(Attachment).where(
-                            Attachment.id.in_(params.attachment_ids),
-                            Attachment.uploader_id == user_id,
-                            Attachment.message_id.is_(None),
+                attachments: list[Attachment] = []
+                if params.attachment_ids:
+                    attachments = list(
+                        await session.scalars(
+                            select(Attachment).where(
+                                Attachment.id.in_(params.attachment_ids),
+                                Attachment.uploader_id == user_id,
+                                Attachment.message_id.is_(None),
+                            )
                         )
                     )
-                )
-                if len(attachments) != len(set(params.attachment_ids)):
-                    raise ApiError(
-                        ErrorCode.VALIDATION_FAILED,
-                        "Attachments must be your own uploads, not yet attached.",
-                    )
+                    if len(attachments) != len(set(params.attachment_ids)):
+                        raise ApiError(
+                            ErrorCode.VALIDATION_FAILED,
+                            "Attachments must be your own uploads, not yet attached.",
+                        )
+                seq = await next_seq(session, conv_id)
                 msg = Message(
                     id=uuid.uuid4(),
                     conversation_id=conv_id,
+                    seq=seq,
                     sender_id=user_id,
                     client_msg_id=params.client_msg_id,
                     body=params.text,
                     created_at=utcnow(),
-                    seq=0,
                 )
-                data: dict[str, Any] = {}
-                event = await append_event(session, conv_id, "message.new", data)
-                msg.seq = event.seq
                 session.add(msg)
-                await session.flush()
                 for att in attachments:
                     att.message_id = msg.id
-                data.update(_message_data(msg, params.attachment_ids))
-                await session.execute(
-                    update(ConversationEvent)
-                    .where(
-                        ConversationEvent.conversation_id == conv_id,
-                        ConversationEvent.seq == event.seq,
-                    )
-                    .values(data=orjson.dumps(data).decode())
+                event = log_event(
+                    session,
+                    conv_id,
+                    seq,
+                    "message.new",
+                    _message_data(msg, params.attachment_ids),
                 )
-                # The sender has seen what they sent.
+                # The sender has seen what they sent. (This statement also
+                # flushes the inserts above.)
                 await session.execute(
                     update(Member)
                     .where(
                         Member.conversation_id == conv_id,
                         Member.user_id == user_id,
-                        Member.last_read_seq < event.seq,
+                        Member.last_read_seq < seq,
                     )
-                    .values(last_read_seq=event.seq, last_delivered_seq=event.seq)
+                    .values(last_read_seq=seq, last_delivered_seq=seq)
                 )
         except IntegrityError:
-            # A retry raced its original; the original is stored.
+            # A retry: (sender, client_msg_id) is stored already. The failed
+            # transaction gave back its seq; answer with the original.
             stored = await self._find_sent(user_id, params.client_msg_id)
             if stored is None:
                 raise
             return stored
         await self._publish(event)
-        return SendResult(message_id=msg.id, seq=msg.seq, created_at=msg.created_at)
+        return SendResult(message_id=msg.id, seq=seq, created_at=msg.created_at)
 
     async def _find_sent(
         self, user_id: uuid.UUID, client_msg_id: str
