@@ -11,6 +11,7 @@ order with no gap and no duplicate; ``typing``, ``presence`` and
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -46,7 +47,8 @@ class Event(BaseModel):
 
 
 def conversation_channel(conversation_id: object) -> str:
-    return f"conv:{conversation_id}"
+    # Interned: a node holds this name once per socket following it.
+    return sys.intern(f"conv:{conversation_id}")
 
 
 def user_channel(user_id: object) -> str:

@@ -19,6 +19,10 @@ from realtime.session import Session
 
 logger = logging.getLogger(__name__)
 
+#: Shared by every open socket in place of its upgrade request's headers;
+#: nothing writes to a request's headers after the handshake.
+_NO_HEADERS = HTTPHeaders()
+
 
 class SocketHandler(tornado.websocket.WebSocketHandler):
     node: Node
@@ -79,9 +83,11 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
                 bearer = token.strip()
             else:
                 bearer = ""
-        # The upgrade's headers (the token among them) are not needed again;
-        # let them go rather than keep them for the socket's life.
-        self.request.headers = HTTPHeaders()
+        # The upgrade's headers (the token among them) and the template
+        # helpers of an HTTP handler are not needed again: drop them rather
+        # than keep them for the socket's life.
+        self.request.headers = _NO_HEADERS
+        self._break_cycles()
         await self.session.start(bearer)
 
     async def on_message(self, message: str | bytes) -> None:
