@@ -3,6 +3,7 @@ handler."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ class Node:
     draining: bool = field(default=False)
     #: Authenticated sockets of this node (sessions), for draining.
     sockets: set[Any] = field(default_factory=set)
+    #: Node-wide loops (heartbeats), cancelled by :meth:`close`.
+    background: list[asyncio.Task[None]] = field(default_factory=list)
     _rpc_limiters: dict[str, KeyedLimiter] = field(default_factory=dict)
 
     def rpc_limiter(self, rate_class: str) -> KeyedLimiter:
@@ -63,6 +66,8 @@ class Node:
         return self.settings.effective_node_id
 
     async def close(self) -> None:
+        for task in self.background:
+            task.cancel()
         self.typing.close()
         await self.db.close()
 

@@ -47,7 +47,8 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
 
 
 def make_app(node: Node) -> tornado.web.Application:
-    rules: list[Any] = [(ws.ROUTE[0], ws.ROUTE[1], {"node": node}), *url_rules(node)]
+    socket_args = {"node": node, "heartbeat": ws.Heartbeat(node)}
+    rules: list[Any] = [(ws.ROUTE[0], ws.ROUTE[1], socket_args), *url_rules(node)]
     return tornado.web.Application(
         rules,
         **ws.websocket_settings(node),
