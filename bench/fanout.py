@@ -380,9 +380,9 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--experiment",
-        choices=("direct-send",),
+        choices=(),
         help="also run the node with a change patched in by bench/nodeprobe.py "
-        "(direct-send: one socket.send per delivery when nothing is queued)",
+        "(none at present: direct-send was adopted by the server)",
     )
     parser.add_argument(
         "--profile",
