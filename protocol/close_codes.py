@@ -27,6 +27,12 @@ class CloseCode(enum.Enum):
         "A frame was over the size limit. Reconnect with backoff and send "
         "smaller frames.",
     )
+    INVALID_PAYLOAD = _Close(
+        1007,
+        "invalid_payload",
+        True,
+        "A text frame was not UTF-8. Fix the client; reconnect with backoff.",
+    )
     INTERNAL_ERROR = _Close(
         1011, "internal_error", True, "Reconnect with backoff, then sync."
     )

@@ -24,6 +24,7 @@ from realtime.services.uploads import UploadService
 from realtime.settings import Settings
 from realtime.storage.database import Database
 from realtime.storage.migrate import ensure_migrated
+from realtime.websocket import Sockets
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +45,12 @@ class Node:
     blobs: BlobStore
     # Login and register attempts, keyed by client address and by username.
     auth_limiter: KeyedLimiter
+    #: Every open WebSocket of this node, authenticated or not.
+    connections: Sockets
     draining: bool = field(default=False)
     #: Authenticated sockets of this node (sessions), for draining.
     sockets: set[Any] = field(default_factory=set)
-    #: Node-wide loops (heartbeats), cancelled by :meth:`close`.
+    #: Node-wide loops, cancelled by :meth:`close`.
     background: list[asyncio.Task[None]] = field(default_factory=list)
     _rpc_limiters: dict[str, KeyedLimiter] = field(default_factory=dict)
 
@@ -66,6 +69,7 @@ class Node:
         return self.settings.effective_node_id
 
     async def close(self) -> None:
+        self.connections.close_all()
         for task in self.background:
             task.cancel()
         self.typing.close()
@@ -103,4 +107,5 @@ async def build_node(settings: Settings, *, check_schema: bool = True) -> Node:
         typing=Typing(hub.publish),
         blobs=blobs,
         auth_limiter=KeyedLimiter(rate=per_minute / 60.0, burst=per_minute),
+        connections=Sockets(settings.ws_ping_interval_s),
     )

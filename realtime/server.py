@@ -47,11 +47,9 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
 
 
 def make_app(node: Node) -> tornado.web.Application:
-    socket_args = {"node": node, "heartbeat": ws.Heartbeat(node)}
-    rules: list[Any] = [(ws.ROUTE[0], ws.ROUTE[1], socket_args), *url_rules(node)]
+    rules: list[Any] = [(ws.ROUTE[0], ws.ROUTE[1], {"node": node}), *url_rules(node)]
     return tornado.web.Application(
         rules,
-        **ws.websocket_settings(node),
         default_handler_class=NotFoundHandler,
         default_handler_args={"node": node},
         log_function=log_request,

@@ -1,188 +1,162 @@
-"""The WebSocket endpoint ``/v1/ws``: Tornado on the outside, a
-:class:`~realtime.session.Session` inside."""
+"""The WebSocket endpoint ``/v1/ws``: the HTTP upgrade, in Tornado.
+
+Tornado parses the request and writes the 101; then the raw socket leaves
+Tornado for :class:`~realtime.websocket.WebSocket`, which a
+:class:`~realtime.session.Session` drives. Only plain TCP is taken over:
+TLS ends at the load balancer in front of the nodes.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import base64
+import binascii
+import hashlib
 import logging
 import secrets
-from typing import Any
+import socket
 
 import tornado.web
-import tornado.websocket
-from tornado.httputil import HTTPHeaders
 from tornado.iostream import IOStream, StreamClosedError
 
 from protocol.close_codes import CloseCode
 from protocol.codecs import CODECS, JSON
 from realtime.node import Node
 from realtime.session import Session
+from realtime.websocket import WebSocket
 
 logger = logging.getLogger(__name__)
 
-#: Shared by every open socket in place of its upgrade request's headers;
-#: nothing writes to a request's headers after the handshake.
-_NO_HEADERS = HTTPHeaders()
+_ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
-class SocketHandler(tornado.websocket.WebSocketHandler):
-    node: Node
-    session: Session | None = None
+def accept_value(key: str) -> str:
+    """``Sec-WebSocket-Accept`` for a client's ``Sec-WebSocket-Key``."""
+    digest = hashlib.sha1(key.encode() + _ACCEPT_GUID).digest()  # noqa: S324
+    return base64.b64encode(digest).decode()
 
-    def initialize(self, node: Node, heartbeat: Heartbeat) -> None:
+
+def _valid_key(key: str) -> bool:
+    try:
+        return len(base64.b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        return False
+
+
+def _take_socket(stream: IOStream) -> tuple[socket.socket, bytes]:
+    """The stream's socket, out of Tornado's hands, and the bytes it had
+    already read past the upgrade request (a client may send its first
+    frame without waiting for the 101)."""
+    # Tornado has no public way to hand back read-ahead bytes; the buffer
+    # holds unconsumed data from its start. tests/realtime/test_upgrade.py
+    # sends a frame in the same packet as the upgrade to keep this honest.
+    size: int = getattr(stream, "_read_buffer_size", 0)
+    early = bytes(stream._read_buffer[:size]) if size else b""
+    sock = stream.socket
+    stream.io_loop.remove_handler(sock)
+    return sock, early
+
+
+class SocketHandler(tornado.web.RequestHandler):
+    def initialize(self, node: Node) -> None:
         self.node = node
-        self.heartbeat = heartbeat
-        self.last_pong = 0.0
 
-    def on_pong(self, data: bytes) -> None:
-        self.last_pong = asyncio.get_running_loop().time()
-
-    async def get(self, *args: Any, **kwargs: Any) -> None:
+    async def get(self) -> None:
         if self.node.draining:
             # Refused before the upgrade, so the balancer tries another node.
-            self.set_status(503)
-            self.finish("draining")
+            self._refuse(503, "draining")
             return
-        await super().get(*args, **kwargs)
+        headers = self.request.headers
+        if headers.get("Upgrade", "").lower() != "websocket" or "upgrade" not in [
+            part.strip().lower() for part in headers.get("Connection", "").split(",")
+        ]:
+            self._refuse(400, "Expected a WebSocket upgrade.")
+            return
+        if headers.get("Sec-WebSocket-Version") != "13":
+            self.set_header("Sec-WebSocket-Version", "13")
+            self._refuse(426, "WebSocket version 13 only.")
+            return
+        key = headers.get("Sec-WebSocket-Key", "")
+        if not _valid_key(key):
+            self._refuse(400, "Missing or malformed Sec-WebSocket-Key.")
+            return
+        stream = getattr(self.request.connection, "stream", None)
+        if type(stream) is not IOStream:
+            self._refuse(400, "Sockets are served over plain TCP only.")
+            return
 
-    def check_origin(self, origin: str) -> bool:
-        # Refused after the upgrade instead (4005): a browser cannot read an
-        # HTTP status of a failed handshake, but it can read a close code.
-        return True
+        # Everything the session needs from the request is read now: the
+        # request, its headers and the bearer token are not kept.
+        offered = [
+            part.strip()
+            for part in headers.get("Sec-WebSocket-Protocol", "").split(",")
+            if part.strip()
+        ]
+        subprotocol = next((name for name in offered if name in CODECS), None)
+        bearer = _bearer(headers.get("Authorization"))
+        origin_ok = self._origin_allowed(headers.get("Origin"))
+        remote_ip = self.request.remote_ip
 
-    def _origin_allowed(self) -> bool:
-        origin = self.request.headers.get("Origin")
+        self.set_status(101)
+        self.clear_header("Content-Type")
+        self.set_header("Upgrade", "websocket")
+        self.set_header("Connection", "Upgrade")
+        self.set_header("Sec-WebSocket-Accept", accept_value(key))
+        if subprotocol is not None:
+            self.set_header("Sec-WebSocket-Protocol", subprotocol)
+        # detach() must follow finish() at once: it stops the HTTP server
+        # from reading a next request off what are now WebSocket frames.
+        flushed = self.finish()
+        stream = self.detach()
+        try:
+            await flushed
+        except StreamClosedError:
+            return
+        if stream.closed():
+            return
+        sock, early = _take_socket(stream)
+
+        conn_id = secrets.token_hex(6)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        max_frame = self.node.settings.ws_max_frame_bytes
+        conn = WebSocket(sock, self.node.connections, conn_id, max_frame)
+        codec = CODECS.get(subprotocol or "", JSON)
+        session = Session(self.node, conn, codec, conn_id)
+        logger.debug("conn=%s open from %s codec=%s", conn_id, remote_ip, codec.name)
+        if origin_ok:
+            opening = session.start(bearer)
+        else:
+            logger.info("conn=%s refused origin from %s", conn_id, remote_ip)
+            opening = _refuse_origin(session)
+        conn.start(session, opening, early)
+
+    def _refuse(self, status: int, message: str) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish(message)
+
+    def _origin_allowed(self, origin: str | None) -> bool:
+        # A refused origin still gets the upgrade and then 4005: a browser
+        # cannot read the status of a failed handshake, but it can read a
+        # close code.
         if origin is None:
             return True  # only browsers send Origin; native clients pass
         allowed = self.node.settings.allowed_origins
         return "*" in allowed or origin in allowed
 
-    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
-        for name in subprotocols:
-            if name in CODECS:
-                return name
+
+async def _refuse_origin(session: Session) -> None:
+    session.close(CloseCode.FORBIDDEN)
+
+
+def _bearer(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer`` header; "" for a header
+    that is present but not a bearer token, None when there is none."""
+    if not header:
         return None
-
-    def get_compression_options(self) -> dict[str, Any] | None:
-        # No per-message deflate: every socket must get the same bytes.
-        return None
-
-    async def open(self, *args: str, **kwargs: str) -> None:
-        if not self._origin_allowed():
-            logger.info("refused origin from %s", self.request.remote_ip)
-            self.close(CloseCode.FORBIDDEN.code, CloseCode.FORBIDDEN.reason)
-            return
-        # A reply and the event it caused go out back to back; without this
-        # the second waits for a delayed ACK (tens of milliseconds).
-        self.set_nodelay(True)
-        codec = CODECS.get(self.selected_subprotocol or "", JSON)
-        conn_id = secrets.token_hex(6)
-        self.session = Session(self.node, self, codec, conn_id)
-        logger.debug(
-            "conn=%s open from %s codec=%s", conn_id, self.request.remote_ip, codec.name
-        )
-        bearer = None
-        header = self.request.headers.get("Authorization")
-        if header:
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                bearer = token.strip()
-            else:
-                bearer = ""
-        # The upgrade's headers (the token among them) and the template
-        # helpers of an HTTP handler are not needed again: drop them rather
-        # than keep them for the socket's life.
-        self.request.headers = _NO_HEADERS
-        self._break_cycles()
-        self.last_pong = asyncio.get_running_loop().time()
-        self.heartbeat.ensure_running()
-        await self.session.start(bearer)
-
-    async def on_message(self, message: str | bytes) -> None:
-        if self.session is None:
-            return
-        try:
-            await self.session.on_frame(message)
-        except Exception:
-            # Requests are answered one by one inside; reaching here means
-            # the session itself is in a state we did not foresee.
-            logger.exception("conn=%s session failed", self.session.conn_id)
-            self.session.close(CloseCode.INTERNAL_ERROR)
-
-    def on_close(self) -> None:
-        if self.session is not None:
-            self.session.on_closed()
-
-    # Transport, for the session.
-
-    def send_frame(self, frame: bytes) -> int:
-        # The frame is complete and shared by every socket of an event. When
-        # nothing is queued it goes straight to the kernel: no copy into the
-        # stream's buffer, no future, no callback per delivery.
-        conn = self.ws_connection
-        if conn is None or conn.is_closing() or conn.stream is None:
-            return 0
-        stream = conn.stream
-        if stream.closed():
-            return 0
-        data: bytes | memoryview = frame
-        try:
-            if not stream.writing() and type(stream) is IOStream:
-                try:
-                    sent = stream.socket.send(frame)
-                except BlockingIOError:
-                    sent = 0
-                if sent == len(frame):
-                    return 0
-                data = memoryview(frame)[sent:]
-            stream.write(data)
-        except (StreamClosedError, OSError):
-            return 0
-        return len(stream._write_buffer)
-
-    def close(self, code: int | None = None, reason: str | None = None) -> None:
-        super().close(code, reason)
-
-
-def websocket_settings(node: Node) -> dict[str, Any]:
-    # No websocket_ping_interval: Tornado would run a task per socket for
-    # it; one node-wide loop (Heartbeat) does the same for all of them.
-    return {"websocket_max_message_size": node.settings.ws_max_frame_bytes}
-
-
-class Heartbeat:
-    """Pings every authenticated socket of the node each interval and closes
-    those that did not answer the previous ping: one loop for the node
-    instead of a task and a timer per socket."""
-
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.interval = node.settings.ws_ping_interval_s
-        self._task: asyncio.Task[None] | None = None
-
-    def ensure_running(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.ensure_future(self._run())
-            self.node.background.append(self._task)
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self.interval)
-            now = loop.time()
-            deadline = now - 1.5 * self.interval
-            for session in list(self.node.sockets):
-                handler = session.transport
-                if not isinstance(handler, SocketHandler):
-                    continue
-                if handler.last_pong < deadline:
-                    logger.info("conn=%s missed a heartbeat", session.conn_id)
-                    session.close(CloseCode.INTERNAL_ERROR)
-                    continue
-                try:
-                    handler.ping()
-                except tornado.websocket.WebSocketClosedError:
-                    continue
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return ""
 
 
 ROUTE: tuple[str, type[tornado.web.RequestHandler]] = (r"/v1/ws$", SocketHandler)

@@ -15,6 +15,7 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 from protocol.client import SquallClient
 from protocol.codecs import JSON_SUBPROTOCOL
 from tests.conftest import Running, User
+from tests.realtime.rawws import RawSocket
 
 Connect = Callable[..., Awaitable[SquallClient]]
 
@@ -114,3 +115,23 @@ async def login(app: Running, user: User) -> User:
         refresh=body["refresh_token"],
         session_id=body["session_id"],
     )
+
+
+# Sockets on the wire: any bytes, broken frames included.
+
+WireConnect = Callable[..., Awaitable[RawSocket]]
+
+
+@pytest.fixture
+async def wire(app: Running) -> AsyncIterator[WireConnect]:
+    """Open :class:`RawSocket` connections to the node; closed after the test."""
+    opened: list[RawSocket] = []
+
+    async def make(**kwargs: Any) -> RawSocket:
+        conn = await RawSocket.open(app.base_url, **kwargs)
+        opened.append(conn)
+        return conn
+
+    yield make
+    for conn in opened:
+        await conn.aclose()

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 from pathlib import Path
 
 import pytest
 
 from protocol.client import Closed, SquallClient
 from realtime.settings import Settings
+from realtime.wsframe import CLOSE, PING
 from tests.conftest import TEST_SECRET, Running, register_and_login, running_node
+from tests.realtime.rawws import RawSocket
 
 
 async def test_expiring_token_warns_then_closes_4003(
@@ -73,39 +73,17 @@ async def test_silent_peer_is_closed_by_heartbeat(
     )
     async with running_node(settings) as node:
         user = await register_and_login(node, "silent")
-        host, port = node.base_url.removeprefix("http://").split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(
-            (
-                "GET /v1/ws HTTP/1.1\r\n"
-                f"Host: {host}:{port}\r\n"
-                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                f"Authorization: Bearer {user.access}\r\n\r\n"
-            ).encode()
-        )
-        await writer.drain()
-        status = await asyncio.wait_for(reader.readline(), 5)
-        assert b" 101 " in status
-        while (await asyncio.wait_for(reader.readline(), 5)) != b"\r\n":
-            pass
+        conn = await RawSocket.open(node.base_url, token=user.access)
+        assert conn.status == 101
         # Read frames, pings included, never answering; wait for the close.
         loop = asyncio.get_running_loop()
         started = loop.time()
         opcodes = []
         async with asyncio.timeout(5):
             while True:
-                head = await reader.readexactly(2)
-                size = head[1] & 0x7F
-                if size == 126:
-                    size = int.from_bytes(await reader.readexactly(2), "big")
-                elif size == 127:
-                    size = int.from_bytes(await reader.readexactly(8), "big")
-                await reader.readexactly(size)
-                opcodes.append(head[0] & 0x0F)
-                if opcodes[-1] == 0x8:
+                opcodes.append((await conn.frame()).opcode)
+                if opcodes[-1] == CLOSE:
                     break
-        assert 0x9 in opcodes  # it was pinged
+        assert PING in opcodes  # it was pinged
         assert loop.time() - started < 3
-        writer.close()
+        await conn.aclose()

@@ -204,7 +204,7 @@ async def test_slow_consumer_is_closed(
     # write would block; shrink both ends so that the outbox fills after a
     # few dozen kilobytes instead of after seconds of flooding.
     conn.protocol.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    server_socket = session.transport.ws_connection.stream.socket
+    server_socket = session.transport.socket
     server_socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
 
     text = "x" * 2000
