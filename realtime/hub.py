@@ -6,10 +6,18 @@ the same object to every local subscriber of the channel. Conversation
 channels pass through a node-level :class:`Sequencer`, so subscribers see
 their seqs in order and a gap is repaired from storage once per node, not
 once per socket.
+
+Events of one channel that arrive within one turn of the event loop (a
+batch of sends committed together, a burst from the bus) go out as one
+:class:`Batch`: each socket gets them in a single write, which under load
+divides the system calls per delivery by the batch size and adds no
+waiting when a channel is quiet.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,11 +40,23 @@ class Frames:
 
     __slots__ = ("_frames", "_json", "seq", "value")
 
+    #: What a :class:`Batch` holds; None for a single event.
+    items: list[Frames] | None = None
+    ordered = True
+
     def __init__(self, value: dict[str, Any], json_bytes: bytes | None = None) -> None:
         self.value = value
         self.seq: int | None = value.get("seq")
         self._json = json_bytes
         self._frames: dict[str, bytes] = {}
+
+    @property
+    def first_seq(self) -> int | None:
+        return self.seq
+
+    @property
+    def last_seq(self) -> int | None:
+        return self.seq
 
     def frame(self, codec: Codec) -> bytes:
         frame = self._frames.get(codec.name)
@@ -49,22 +69,51 @@ class Frames:
         return frame
 
 
+class Batch:
+    """Events of one channel, in order, written to each socket as one
+    buffer. Its seq-carrying events are consecutive (the hub's sequencer
+    delivers them so), from ``first_seq`` to ``last_seq``."""
+
+    __slots__ = ("_frames", "first_seq", "items", "last_seq", "ordered")
+
+    def __init__(self, items: list[Frames]) -> None:
+        self.items: list[Frames] | None = items
+        seqs = [f.seq for f in items if f.seq is not None]
+        self.first_seq: int | None = seqs[0] if seqs else None
+        self.last_seq: int | None = seqs[-1] if seqs else None
+        #: False if the seqs are not consecutive (a channel without a
+        #: sequencer): subscribers then take the events one by one.
+        self.ordered = all(b == a + 1 for a, b in itertools.pairwise(seqs))
+        self._frames: dict[str, bytes] = {}
+
+    def frame(self, codec: Codec) -> bytes:
+        frame = self._frames.get(codec.name)
+        if frame is None:
+            assert self.items is not None
+            frame = b"".join(item.frame(codec) for item in self.items)
+            self._frames[codec.name] = frame
+        return frame
+
+
 class Subscriber(Protocol):
-    def on_frames(self, channel: str, frames: Frames) -> None: ...
+    def on_frames(self, channel: str, frames: Frames | Batch) -> None: ...
 
 
 class _Channel:
-    __slots__ = ("sequencer", "subscribers")
+    __slots__ = ("pending", "sequencer", "subscribers")
 
     def __init__(self) -> None:
         self.subscribers: set[Subscriber] = set()
         self.sequencer: Sequencer[Frames, StoredEvent] | None = None
+        #: Events waiting for the end of this loop turn.
+        self.pending: list[Frames] | None = None
 
 
 class Hub:
     def __init__(self, fetch: FetchEvents) -> None:
         self._fetch = fetch
         self._channels: dict[str, _Channel] = {}
+        self._dirty: list[tuple[str, _Channel]] = []
         self.bus: Any = None
         self.gap_repairs = 0
         self.deliveries = 0
@@ -122,12 +171,27 @@ class Hub:
         if entry.sequencer is not None and frames.seq is not None:
             entry.sequencer.offer(frames.seq, frames)
         else:
-            self._fan_out(entry, channel, frames)
+            self._queue(entry, channel, frames)
 
-    def _fan_out(self, entry: _Channel, channel: str, frames: Frames) -> None:
-        for subscriber in tuple(entry.subscribers):
-            subscriber.on_frames(channel, frames)
-        self.deliveries += len(entry.subscribers)
+    def _queue(self, entry: _Channel, channel: str, frames: Frames) -> None:
+        if entry.pending is None:
+            entry.pending = [frames]
+            if not self._dirty:
+                asyncio.get_running_loop().call_soon(self._flush)
+            self._dirty.append((channel, entry))
+        else:
+            entry.pending.append(frames)
+
+    def _flush(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for channel, entry in dirty:
+            pending, entry.pending = entry.pending, None
+            if not pending:
+                continue
+            out: Frames | Batch = pending[0] if len(pending) == 1 else Batch(pending)
+            for subscriber in tuple(entry.subscribers):
+                subscriber.on_frames(channel, out)
+            self.deliveries += len(entry.subscribers) * len(pending)
 
     # Sequencer owner: node-level order per conversation channel.
 
@@ -139,7 +203,7 @@ class Hub:
     def deliver_live(self, key: str, item: Frames) -> None:
         entry = self._channels.get(key)
         if entry is not None:
-            self._fan_out(entry, key, item)
+            self._queue(entry, key, item)
 
     def deliver_stored(self, key: str, event: StoredEvent) -> None:
         self.deliver_live(key, Frames(event.envelope()))

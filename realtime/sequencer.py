@@ -70,13 +70,14 @@ class Sequencer(Generic[T, S]):
         self._owner = owner
         self._task: asyncio.Task[None] | None = None
 
-    def next_in_order(self, seq: int) -> bool:
-        """The fast lane: True, with the cursor moved, when ``seq`` is the
-        next live event. Anything else goes through :meth:`offer`."""
-        if self.live and seq == self.cursor + 1:
-            self.cursor = seq
-            if seq > self.head_seen:
-                self.head_seen = seq
+    def take_run(self, first: int, last: int) -> bool:
+        """The fast lane: True, with the cursor moved to ``last``, when the
+        consecutive seqs ``first..last`` are the next live events. Anything
+        else goes through :meth:`offer`, one event at a time."""
+        if self.live and first == self.cursor + 1:
+            self.cursor = last
+            if last > self.head_seen:
+                self.head_seen = last
             return True
         return False
 

@@ -24,7 +24,7 @@ from protocol.close_codes import CloseCode
 from protocol.codecs import Codec, DecodeError
 from protocol.envelope import Request, conversation_channel, user_channel
 from protocol.errors import ApiError, ErrorCode, field_errors
-from realtime.hub import Frames
+from realtime.hub import Batch, Frames
 from realtime.node import Node
 from realtime.presence import presence_channel
 from realtime.ratelimit import TokenBucket
@@ -236,20 +236,30 @@ class Session:
 
     # Events from the hub.
 
-    def on_frames(self, channel: str, frames: Frames) -> None:
+    def on_frames(self, channel: str, frames: Frames | Batch) -> None:
         if self.closed:
             return
         stream = self._streams.get(channel)
         if stream is not None:
-            seq = frames.seq
-            if seq is None:
+            first = frames.first_seq
+            if first is None:
                 if stream.live:
                     # typing and receipts: ephemeral, dropped while catching up.
                     self._write(frames.frame(self.codec))
-            elif stream.next_in_order(seq):
+            elif frames.ordered and stream.take_run(first, frames.last_seq or first):
+                self._write(frames.frame(self.codec))
+            elif isinstance(frames, Batch):
+                for item in frames.items or ():
+                    self.on_frames(channel, item)
+            else:
+                stream.offer(first, frames)
+            return
+        if isinstance(frames, Batch):
+            if self._watched is not None and channel in self._watched:
                 self._write(frames.frame(self.codec))
             else:
-                stream.offer(seq, frames)
+                for item in frames.items or ():
+                    self.on_frames(channel, item)
             return
         kind = frames.value.get("event")
         if kind in (SUBSCRIBE, UNSUBSCRIBE, REVOKED):
