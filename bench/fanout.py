@@ -9,17 +9,18 @@
 
 One node in its own process; one group conversation of N members; one
 authenticated JSON socket per member, held by receiver processes that only
-count ``message.new`` frames; a sender (a second socket of the group's
-owner) sends M messages, at most ``--window`` unanswered at a time. Every
-receiving socket must count every message. The node's user+system CPU time
+count ``message.new`` frames; S senders (``--senders``, default 4: second
+sockets of the first S members, as in a group where several people talk)
+send M messages between them, each at most ``--window`` unanswered at a
+time. Every receiving socket must count every message. The node's user+system CPU time
 (``/proc/<pid>/stat``, all threads) is read before the first send and after
 the last socket has counted the last message; the figure is
 
     deliveries per CPU-second = M x N / (node CPU seconds of the send phase)
 
-The sender's own copy of each event (the node writes M x (N + 1) frames) is
-not counted. The node's CPU includes storing each message (SQLite by
-default) and answering the sender.
+The senders' own copies of each event (the node writes M x (N + S) frames)
+are not counted. The node's CPU includes storing each message (SQLite by
+default) and answering the senders.
 """
 
 from __future__ import annotations
@@ -83,7 +84,20 @@ class Result:
 
 
 async def send_messages(
-    sender: WsClient, conversation_id: str, count: int, window: int
+    senders: Sequence[WsClient], conversation_id: str, count: int, window: int
+) -> None:
+    """``count`` messages split over the senders, all sending at once."""
+    share, extra = divmod(count, len(senders))
+    await asyncio.gather(
+        *(
+            send_from(sender, conversation_id, share + (i < extra), window, f"s{i}")
+            for i, sender in enumerate(senders)
+        )
+    )
+
+
+async def send_from(
+    sender: WsClient, conversation_id: str, count: int, window: int, tag: str
 ) -> None:
     pending: collections.deque[asyncio.Future[dict[str, Any]]] = collections.deque()
 
@@ -100,7 +114,7 @@ async def send_messages(
                 "message.send",
                 {
                     "conversation_id": conversation_id,
-                    "client_msg_id": f"bench-{i}",
+                    "client_msg_id": f"bench-{tag}-{i}",
                     "text": TEXT.format(i=i),
                 },
             )
@@ -142,7 +156,7 @@ async def measure(
     name: str,
     port: int,
     tokens: Sequence[str],
-    sender: WsClient,
+    senders: Sequence[WsClient],
     conversation_id: str,
     args: argparse.Namespace,
     node_cpu: Callable[[], float],
@@ -170,14 +184,15 @@ async def measure(
             profile.start()
         cpu0 = node_cpu()
         started = time.perf_counter()
-        await send_messages(sender, conversation_id, args.messages, args.window)
+        await send_messages(senders, conversation_id, args.messages, args.window)
         sent = time.perf_counter()
         after = await receivers.expect(args.messages, args.drain_s)
         wall = time.perf_counter() - started
         cpu = node_cpu() - cpu0
         report = profile.stop() if profile is not None else ""
     finally:
-        sender.close()
+        for sender in senders:
+            sender.close()
         await receivers.stop()
 
     deliveries = after["marked_total"] - before["marked_total"]
@@ -214,12 +229,16 @@ async def run_squall(
         accounts = await make_accounts(node, args.members, args.accounts)
         owner = await connect("127.0.0.1", node.port, accounts[0].token)
         conversation_id = await create_group(owner, [a.user_id for a in accounts[1:]])
+        senders = [owner] + [
+            await connect("127.0.0.1", node.port, a.token)
+            for a in accounts[1 : args.senders]
+        ]
         profile = Profiler(args.profile, node) if args.profile else None
         result = await measure(
             f"squall+{experiment}" if experiment else "squall",
             node.port,
             [a.token for a in accounts],
-            owner,
+            senders,
             conversation_id,
             args,
             node.server.cpu,
@@ -276,13 +295,15 @@ async def run_baseline(
         await server.start()
         print(f"{name} pid {server.pid} port {server.port}", flush=True)
         node = Node(server, env, workdir)
-        sender = await connect("127.0.0.1", server.port, "none")
+        senders = [
+            await connect("127.0.0.1", server.port, "none") for _ in range(args.senders)
+        ]
         profile = Profiler(args.profile, node) if args.profile else None
         result = await measure(
             name,
             server.port,
             ["none"] * args.members,
-            sender,
+            senders,
             "00000000-0000-0000-0000-00000000c0de",
             args,
             server.cpu,
@@ -350,7 +371,13 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--messages", type=int, default=1000, help="M (1000)")
     parser.add_argument(
-        "--window", type=int, default=4, help="sends in flight at once (4)"
+        "--senders",
+        type=int,
+        default=4,
+        help="sockets sending at once, each of another member (4)",
+    )
+    parser.add_argument(
+        "--window", type=int, default=4, help="sends in flight per sender (4)"
     )
     parser.add_argument(
         "--receivers", type=int, default=2, help="receiver processes (2)"

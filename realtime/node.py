@@ -89,7 +89,7 @@ async def build_node(settings: Settings, *, check_schema: bool = True) -> Node:
     async def fetch(conversation_id: uuid.UUID, after: int, limit: int) -> Any:
         return await events_after(db, conversation_id, after, limit)
 
-    hub = Hub(fetch)
+    hub = Hub(fetch, settings.ws_batch_window_ms / 1000.0)
     hub.attach(LocalBus(hub.on_bus_message))
     members = MemberCache(db)
     conversations = ConversationService(db, members, hub.publish)

@@ -212,6 +212,15 @@ class Settings(BaseSettings):
         description="Bytes queued for one socket before it is closed as a slow "
         "consumer (4007). Default 1 MiB.",
     )
+    ws_batch_window_ms: float = Field(
+        default=5.0,
+        ge=0,
+        le=1000,
+        description="A conversation whose sockets were written to less than "
+        "this long ago waits for the end of the window, and its events then go "
+        "to each socket in one write; a quiet conversation is written at once. "
+        "0 writes every event loop turn. Default 5 ms.",
+    )
     ws_rate_limits: dict[str, tuple[float, float]] = Field(
         default={
             "default": (20.0, 40.0),

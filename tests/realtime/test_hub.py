@@ -108,3 +108,29 @@ def test_any_arrival_order_and_any_loss_yield_each_seq_once_in_order(
         assert sub.seqs == list(range(1, n + 1))
 
     asyncio.run(scenario())
+
+
+async def test_a_busy_channel_waits_for_its_window_then_writes_once() -> None:
+    """After a write, events within the window wait for its end and go out in
+    one write; a quiet channel is written without waiting."""
+    hub = _hub({s: _event(s) for s in range(1, 6)})
+    hub._window = 0.05
+    sub = Recorder()
+    hub.subscribe(CHANNEL, sub, head=0)
+    await hub.publish(CHANNEL, _payload(1))
+    await asyncio.sleep(0)
+    assert (sub.seqs, sub.writes) == ([1], 1)  # quiet: at once
+
+    for seq in (2, 3):
+        await hub.publish(CHANNEL, _payload(seq))
+        await asyncio.sleep(0.005)
+    await hub.publish(CHANNEL, _payload(4))
+    await asyncio.sleep(0.01)
+    assert sub.writes == 1  # busy: held for the window
+    await asyncio.sleep(0.06)
+    assert (sub.seqs, sub.writes) == ([1, 2, 3, 4], 2)
+
+    await asyncio.sleep(0.06)
+    await hub.publish(CHANNEL, _payload(5))
+    await asyncio.sleep(0)
+    assert (sub.seqs[-1], sub.writes) == (5, 3)  # quiet again
