@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
 
 import orjson
-from sqlalchemy import func, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import bindparam, func, insert, or_, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol.chat import (
     ChangeResult,
@@ -43,10 +47,11 @@ from .chatlog import (
     StoredEvent,
     append_event,
     events_after,
-    log_event,
-    next_seq,
+    insert_events,
+    take_seqs,
 )
 from .conversations import MANAGERS, ConversationService
+from .groupcommit import GroupCommit
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +60,50 @@ logger = logging.getLogger(__name__)
 SYNC_PAGE_BYTES = 512 * 1024
 
 
+# The statements of a send, built once (see chatlog._TAKE_SEQS).
+_INSERT_MESSAGES = insert(Message)
+_MARK_SEEN = (
+    update(Member)
+    .where(
+        Member.conversation_id == bindparam("conversation"),
+        Member.user_id == bindparam("user"),
+        Member.last_read_seq < bindparam("seq"),
+    )
+    .values(last_read_seq=bindparam("seq"), last_delivered_seq=bindparam("seq"))
+)
+_FIND_SENT = select(Message.id, Message.seq, Message.created_at).where(
+    Message.sender_id == bindparam("user"),
+    Message.client_msg_id == bindparam("client_msg_id"),
+)
+
+#: Sends to one conversation per transaction at most. Past a few dozen the
+#: fixed cost of a transaction is already shared thin.
+MAX_SEND_BATCH = 64
+
+
+class _MessageFields(Protocol):
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def conversation_id(self) -> uuid.UUID: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def sender_id(self) -> uuid.UUID | None: ...
+    @property
+    def client_msg_id(self) -> str: ...
+    @property
+    def body(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def edited_at(self) -> datetime | None: ...
+    @property
+    def deleted_at(self) -> datetime | None: ...
+
+
 def _message_data(
-    msg: Message, attachment_ids: list[uuid.UUID] | list[str]
+    msg: _MessageFields, attachment_ids: list[uuid.UUID] | list[str]
 ) -> dict[str, Any]:
     return MessageOut(
         id=msg.id,
@@ -72,6 +119,64 @@ def _message_data(
     ).model_dump(mode="json")
 
 
+@dataclass(frozen=True, slots=True)
+class _Send:
+    user_id: uuid.UUID
+    params: SendParams
+
+
+def _has_attachments(send: _Send) -> bool:
+    return bool(send.params.attachment_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class _NewMessage:
+    """A message about to be inserted, without the cost of an ORM object."""
+
+    id: uuid.UUID
+    conversation_id: uuid.UUID
+    seq: int
+    sender_id: uuid.UUID
+    client_msg_id: str
+    body: str
+    created_at: datetime
+    edited_at: None = None
+    deleted_at: None = None
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "conversation_id": self.conversation_id,
+            "seq": self.seq,
+            "sender_id": self.sender_id,
+            "client_msg_id": self.client_msg_id,
+            "body": self.body,
+            "created_at": self.created_at,
+        }
+
+
+async def _attach(
+    conn: AsyncConnection, msg: _NewMessage, attachment_ids: list[uuid.UUID]
+) -> None:
+    """Attach the sender's own, still unattached uploads to ``msg``, or fail
+    the transaction. The conditions sit in the update itself, so that two
+    sends cannot both take one upload."""
+    attached = await conn.execute(
+        update(Attachment)
+        .where(
+            Attachment.id.in_(attachment_ids),
+            Attachment.uploader_id == msg.sender_id,
+            Attachment.message_id.is_(None),
+        )
+        .values(message_id=msg.id)
+    )
+    if attached.rowcount != len(set(attachment_ids)):
+        raise ApiError(
+            ErrorCode.VALIDATION_FAILED,
+            "Attachments must be your own uploads, not yet attached.",
+        )
+
+
 class MessageService:
     def __init__(
         self,
@@ -84,6 +189,11 @@ class MessageService:
         self.members = members
         self.conversations = conversations
         self.publish = publish
+        #: Sends per conversation, a transaction per batch; its counters
+        #: show how many sends shared one.
+        self.sends: GroupCommit[uuid.UUID, _Send, SendResult] = GroupCommit(
+            self._write_sends, max_batch=MAX_SEND_BATCH, alone=_has_attachments
+        )
 
     async def _publish(self, event: StoredEvent) -> None:
         envelope = event.envelope()
@@ -92,79 +202,147 @@ class MessageService:
     # Sending and changing.
 
     async def send(self, user_id: uuid.UUID, params: SendParams) -> SendResult:
-        conv_id = params.conversation_id
-        await self.members.role_of(conv_id, user_id)
+        await self.members.role_of(params.conversation_id, user_id)
+        return await self.sends.submit(params.conversation_id, _Send(user_id, params))
+
+    async def _write_sends(
+        self, conv_id: uuid.UUID, sends: Sequence[_Send]
+    ) -> list[SendResult | Exception]:
+        """One batch of :class:`GroupCommit`: stored, then published in seq
+        order; one outcome per send."""
+        # A client that retries before its first attempt was answered puts
+        # the same message twice into one batch: it is written once and
+        # both callers get it.
+        unique: list[_Send] = []
+        where: dict[tuple[uuid.UUID, str], int] = {}
+        index: list[int] = []
+        for send in sends:
+            key = (send.user_id, send.params.client_msg_id)
+            if key not in where:
+                where[key] = len(unique)
+                unique.append(send)
+            index.append(where[key])
+
+        stored: list[tuple[SendResult, StoredEvent | None] | Exception]
+        if len(unique) == 1:
+            stored = [await self._store_alone(conv_id, unique[0])]
+        else:
+            try:
+                stored = [*await self._store(conv_id, unique)]
+            except IntegrityError:
+                # Some send of the batch is a retry of one stored earlier.
+                # One by one, each caller gets the message stored for it.
+                stored = [await self._store_alone(conv_id, s) for s in unique]
+
+        outcomes: list[SendResult | Exception] = []
+        for outcome in stored:
+            if isinstance(outcome, Exception):
+                outcomes.append(outcome)
+                continue
+            result, event = outcome
+            if event is not None:
+                try:
+                    await self._publish(event)
+                except Exception as exc:
+                    # Stored but not announced: as without batching, only
+                    # this sender hears of it (and may retry).
+                    outcomes.append(exc)
+                    continue
+            outcomes.append(result)
+        return [outcomes[i] for i in index]
+
+    async def _store_alone(
+        self, conv_id: uuid.UUID, send: _Send
+    ) -> tuple[SendResult, StoredEvent | None] | Exception:
         try:
-            async with self.db.transaction() as session:
-                attachments: list[Attachment] = []
-                if params.attachment_ids:
-                    attachments = list(
-                        await session.scalars(
-                            select(Attachment).where(
-                                Attachment.id.in_(params.attachment_ids),
-                                Attachment.uploader_id == user_id,
-                                Attachment.message_id.is_(None),
-                            )
-                        )
-                    )
-                    if len(attachments) != len(set(params.attachment_ids)):
-                        raise ApiError(
-                            ErrorCode.VALIDATION_FAILED,
-                            "Attachments must be your own uploads, not yet attached.",
-                        )
-                seq = await next_seq(session, conv_id)
-                msg = Message(
+            return (await self._store(conv_id, [send]))[0]
+        except IntegrityError as exc:
+            # A retry: (sender, client_msg_id) is stored already. The failed
+            # transaction gave back its seq; answer with the original.
+            try:
+                stored = await self._find_sent(send.user_id, send.params.client_msg_id)
+            except Exception as lookup_exc:
+                return lookup_exc
+            return (stored, None) if stored is not None else exc
+        except Exception as exc:
+            return exc
+
+    async def _store(
+        self, conv_id: uuid.UUID, sends: Sequence[_Send]
+    ) -> list[tuple[SendResult, StoredEvent]]:
+        """Store ``sends`` in one transaction: one seq block, one insert
+        each for the messages and their events, one mark per sender."""
+        try:
+            return await self._store_once(conv_id, sends)
+        except DBAPIError as exc:
+            # The pool has no pre-ping (see storage/database.py): after a
+            # database restart the first use of an old connection fails like
+            # this, and SQLAlchemy drops the whole pool. A send is safe to
+            # repeat: if the lost commit did go through, the repeat ends in
+            # IntegrityError and the caller gets the stored message.
+            if not exc.connection_invalidated:
+                raise
+            logger.warning(
+                "storage connection lost while sending to %s; retrying once",
+                conv_id,
+            )
+        return await self._store_once(conv_id, sends)
+
+    async def _store_once(
+        self, conv_id: uuid.UUID, sends: Sequence[_Send]
+    ) -> list[tuple[SendResult, StoredEvent]]:
+        now = utcnow()
+        async with self.db.engine.begin() as conn:
+            last = await take_seqs(conn, conv_id, len(sends))
+            messages = [
+                _NewMessage(
                     id=uuid.uuid4(),
                     conversation_id=conv_id,
                     seq=seq,
-                    sender_id=user_id,
-                    client_msg_id=params.client_msg_id,
-                    body=params.text,
-                    created_at=utcnow(),
+                    sender_id=send.user_id,
+                    client_msg_id=send.params.client_msg_id,
+                    body=send.params.text,
+                    created_at=now,
                 )
-                session.add(msg)
-                for att in attachments:
-                    att.message_id = msg.id
-                event = log_event(
-                    session,
+                for seq, send in enumerate(sends, start=last - len(sends) + 1)
+            ]
+            await conn.execute(_INSERT_MESSAGES, [m.row() for m in messages])
+            # A send with attachments is always alone in its batch.
+            attachment_ids = sends[0].params.attachment_ids
+            if attachment_ids:
+                await _attach(conn, messages[0], attachment_ids)
+            events = [
+                StoredEvent(
                     conv_id,
-                    seq,
+                    msg.seq,
                     "message.new",
-                    _message_data(msg, params.attachment_ids),
+                    _message_data(msg, send.params.attachment_ids),
                 )
-                # The sender has seen what they sent. (This statement also
-                # flushes the inserts above.)
-                await session.execute(
-                    update(Member)
-                    .where(
-                        Member.conversation_id == conv_id,
-                        Member.user_id == user_id,
-                        Member.last_read_seq < seq,
-                    )
-                    .values(last_read_seq=seq, last_delivered_seq=seq)
-                )
-        except IntegrityError:
-            # A retry: (sender, client_msg_id) is stored already. The failed
-            # transaction gave back its seq; answer with the original.
-            stored = await self._find_sent(user_id, params.client_msg_id)
-            if stored is None:
-                raise
-            return stored
-        await self._publish(event)
-        return SendResult(message_id=msg.id, seq=seq, created_at=msg.created_at)
+                for msg, send in zip(messages, sends, strict=True)
+            ]
+            await insert_events(conn, events, now)
+
+            # Each sender has seen what they sent: one update per sender, in
+            # one executemany.
+            seen = {msg.sender_id: msg.seq for msg in messages}
+            await conn.execute(
+                _MARK_SEEN,
+                [
+                    {"conversation": conv_id, "user": user, "seq": seq}
+                    for user, seq in seen.items()
+                ],
+            )
+        return [
+            (SendResult(message_id=m.id, seq=m.seq, created_at=now), event)
+            for m, event in zip(messages, events, strict=True)
+        ]
 
     async def _find_sent(
         self, user_id: uuid.UUID, client_msg_id: str
     ) -> SendResult | None:
-        async with self.db.sessions() as session:
-            row = (
-                await session.execute(
-                    select(Message.id, Message.seq, Message.created_at).where(
-                        Message.sender_id == user_id,
-                        Message.client_msg_id == client_msg_id,
-                    )
-                )
-            ).first()
+        async with self.db.engine.connect() as conn:
+            params = {"user": user_id, "client_msg_id": client_msg_id}
+            row = (await conn.execute(_FIND_SENT, params)).first()
         if row is None:
             return None
         return SendResult(message_id=row.id, seq=row.seq, created_at=row.created_at)

@@ -39,7 +39,14 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
-    kwargs.setdefault("pool_pre_ping", True)
+    # No pre-ping: it is a round trip on every checkout, measured at 0.1 to
+    # 0.2 ms of CPU and as much latency, half again what a one-statement
+    # transaction costs. After a PostgreSQL restart the first statement on
+    # an old connection fails with a disconnect error and SQLAlchemy
+    # invalidates every connection of the pool, so only the requests that
+    # already held an old connection fail; message.send repeats its
+    # transaction once on that error.
+    kwargs.setdefault("pool_pre_ping", False)
     return create_async_engine(url, **kwargs)
 
 
