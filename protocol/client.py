@@ -97,6 +97,11 @@ class SquallClient:
         """Open, authenticate and go live; raise if that fails."""
         await self._open()
         self._reader = asyncio.ensure_future(self._run())
+        if self.auth_in_header:
+            # The server answers a request only once the header token was
+            # accepted and the socket follows all its conversations: after
+            # this, everything that happens reaches it live.
+            await self.call("ping")
 
     async def _token_value(self) -> str:
         if isinstance(self._token, str):

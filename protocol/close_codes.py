@@ -94,6 +94,14 @@ class CloseCode(enum.Enum):
         "once and sync; nothing stored is lost.",
     )
 
+    RESYNC = _Close(
+        4008,
+        "resync",
+        True,
+        "The node lost track of this socket's conversations (it was cut off "
+        "from the cluster for a while). Reconnect at once and sync.",
+    )
+
     @property
     def code(self) -> int:
         return self.value.code

@@ -1,12 +1,17 @@
-"""Fan-out between nodes. One node: :class:`LocalBus`, a direct call. A
-cluster: the Redis bus (to come) with the same two methods."""
+"""Fan-out between nodes.
+
+The hub delivers an event to this node's own sockets itself, at once; the
+bus carries it to the other nodes. One node alone has :class:`LocalBus`,
+which carries nothing. A cluster has :class:`~realtime.redis_bus.RedisBus`,
+where each node subscribes only to the channels its own sockets need.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Protocol
 
-#: Called with (channel, payload) for every message on a subscribed channel.
+#: Called with (channel, payload) for every message from another node.
 Receiver = Callable[[str, bytes], None]
 
 
@@ -15,22 +20,39 @@ class Bus(Protocol):
 
     def unsubscribe(self, channel: str) -> None: ...
 
-    async def publish(self, channel: str, payload: bytes) -> None: ...
+    async def publish(self, channel: str, payload: bytes) -> None:
+        """To the other nodes that subscribe to ``channel``."""
+        ...
+
+    async def subscribed(self, channel: str) -> None:
+        """Until what other nodes publish on ``channel`` reaches this node
+        (bounded: an unreachable bus does not hold a caller forever)."""
+        ...
+
+    @property
+    def healthy(self) -> bool:
+        """Whether events reach the other nodes now (for readiness)."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 class LocalBus:
-    """The in-process bus of an embedded node: publishing is delivering."""
+    """The bus of a node that runs alone: there is no other node to tell."""
 
-    def __init__(self, receiver: Receiver) -> None:
-        self._receiver = receiver
-        self._channels: set[str] = set()
+    healthy = True
 
     def subscribe(self, channel: str) -> None:
-        self._channels.add(channel)
+        pass
 
     def unsubscribe(self, channel: str) -> None:
-        self._channels.discard(channel)
+        pass
 
     async def publish(self, channel: str, payload: bytes) -> None:
-        if channel in self._channels:
-            self._receiver(channel, payload)
+        pass
+
+    async def subscribed(self, channel: str) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass

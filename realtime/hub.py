@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import orjson
 
 from protocol.codecs import JSON, Codec
+from realtime.bus import Bus, LocalBus
 from realtime.sequencer import Sequencer
 from realtime.services.chatlog import StoredEvent
 from realtime.wsframe import build_frame
@@ -118,11 +119,11 @@ class Hub:
         self._window = batch_window_s
         self._channels: dict[str, _Channel] = {}
         self._dirty: list[tuple[str, _Channel]] = []
-        self.bus: Any = None
+        self.bus: Bus = LocalBus()
         self.gap_repairs = 0
         self.deliveries = 0
 
-    def attach(self, bus: Any) -> None:
+    def attach(self, bus: Bus) -> None:
         self.bus = bus
 
     # Subscriptions.
@@ -141,6 +142,10 @@ class Hub:
             self.bus.subscribe(channel)
         entry.subscribers.add(subscriber)
 
+    async def subscribed(self, channel: str) -> None:
+        """Until other nodes' events on ``channel`` reach this node."""
+        await self.bus.subscribed(channel)
+
     def unsubscribe(self, channel: str, subscriber: Subscriber) -> None:
         entry = self._channels.get(channel)
         if entry is None:
@@ -156,10 +161,40 @@ class Hub:
         entry = self._channels.get(channel)
         return len(entry.subscribers) if entry else 0
 
+    def cursor(self, channel: str) -> int | None:
+        """The newest seq this node has passed on for a conversation."""
+        entry = self._channels.get(channel)
+        if entry is None or entry.sequencer is None:
+            return None
+        return entry.sequencer.cursor
+
+    @property
+    def channel_count(self) -> int:
+        return len(self._channels)
+
+    # Repair: what the bus may have lost is in storage.
+
+    def on_subscribed(self, channel: str) -> None:
+        """The bus confirms a subscription: anything published before it
+        took effect is read from storage."""
+        entry = self._channels.get(channel)
+        if entry is not None and entry.sequencer is not None:
+            entry.sequencer.catch_up()
+
+    def catch_up_all(self) -> None:
+        """After the bus was cut off: every conversation from storage."""
+        for entry in self._channels.values():
+            if entry.sequencer is not None:
+                entry.sequencer.catch_up()
+
     # Traffic.
 
     async def publish(self, channel: str, envelope: dict[str, Any]) -> None:
-        await self.bus.publish(channel, orjson.dumps(envelope))
+        """To this node's subscribers at once, and through the bus to the
+        other nodes'."""
+        payload = orjson.dumps(envelope)
+        self.on_bus_message(channel, payload)
+        await self.bus.publish(channel, payload)
 
     def on_bus_message(self, channel: str, payload: bytes) -> None:
         entry = self._channels.get(channel)

@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from realtime.blobs import BlobStore, LocalBlobStore
-from realtime.bus import LocalBus
+from realtime.cluster import ClusterLink, SharedMemberCache
 from realtime.hub import Hub
 from realtime.presence import Presence, Typing
 from realtime.ratelimit import KeyedLimiter
+from realtime.redis_bus import RedisBus
 from realtime.security.tokens import TokenCodec
 from realtime.services.accounts import AccountService
-from realtime.services.chatlog import MemberCache, events_after
+from realtime.services.chatlog import events_after
 from realtime.services.conversations import ConversationService
 from realtime.services.devices import DeviceService
 from realtime.services.messages import MessageService
@@ -47,6 +48,7 @@ class Node:
     auth_limiter: KeyedLimiter
     #: Every open WebSocket of this node, authenticated or not.
     connections: Sockets
+    cluster: ClusterLink = field(init=False)
     draining: bool = field(default=False)
     #: Authenticated sockets of this node (sessions), for draining.
     sockets: set[Any] = field(default_factory=set)
@@ -73,6 +75,7 @@ class Node:
         for task in self.background:
             task.cancel()
         self.typing.close()
+        await self.hub.bus.close()
         await self.db.close()
 
 
@@ -90,10 +93,9 @@ async def build_node(settings: Settings, *, check_schema: bool = True) -> Node:
         return await events_after(db, conversation_id, after, limit)
 
     hub = Hub(fetch, settings.ws_batch_window_ms / 1000.0)
-    hub.attach(LocalBus(hub.on_bus_message))
-    members = MemberCache(db)
+    members = SharedMemberCache(db)
     conversations = ConversationService(db, members, hub.publish)
-    return Node(
+    node = Node(
         settings=settings,
         db=db,
         tokens=tokens,
@@ -109,3 +111,16 @@ async def build_node(settings: Settings, *, check_schema: bool = True) -> Node:
         auth_limiter=KeyedLimiter(rate=per_minute / 60.0, burst=per_minute),
         connections=Sockets(settings.ws_ping_interval_s),
     )
+    node.cluster = ClusterLink(node, members)
+    if settings.redis_url:
+        bus = RedisBus(
+            settings.redis_url,
+            hub.on_bus_message,
+            prefix=settings.redis_prefix,
+            on_subscribed=hub.on_subscribed,
+            on_reconnected=node.cluster.on_reconnected,
+        )
+        hub.attach(bus)
+        bus.start()
+    node.cluster.start()
+    return node

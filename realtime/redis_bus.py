@@ -2,14 +2,22 @@
 
 Each node keeps one subscriber connection and subscribes only to the
 channels some local socket needs (a conversation, a user, a presence
-watch), so a node receives the events of its own sockets and not the
-whole cluster's. Publishing uses a separate pooled connection.
+watch) plus the cluster's control channel, so a node receives the events
+of its own sockets and not the whole cluster's. Publishing uses a separate
+pooled connection. Every payload starts with the publishing process's
+origin tag, so a node skips the echo of what it already delivered to its
+own sockets.
 
 Redis pub/sub forgets what it could not deliver. That is safe here because
-every seq-carrying event is in storage first: when the subscriber
-connection comes back, the bus tells the hub, which catches every followed
-conversation up from storage. Ephemeral events (typing, presence, receipts)
-lost during an outage stay lost, as they would on any chat system.
+every seq-carrying event is in storage first:
+
+- a channel's events published before its SUBSCRIBE took effect are read
+  from storage once Redis confirms the subscription (``on_subscribed``);
+- when the subscriber connection comes back after an outage, the node
+  catches every followed conversation up from storage (``on_reconnected``).
+
+Ephemeral events (typing, presence, receipts) lost during an outage stay
+lost, as they would on any chat system.
 """
 
 from __future__ import annotations
@@ -17,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+import secrets
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -30,6 +39,11 @@ logger = logging.getLogger(__name__)
 
 #: Longest a subscriber waits on one read, so that shutdown is prompt.
 READ_TIMEOUT_S = 1.0
+#: Channels per SUBSCRIBE or UNSUBSCRIBE command.
+CHUNK = 500
+#: Longest :meth:`RedisBus.subscribed` waits for Redis to confirm.
+CONFIRM_TIMEOUT_S = 2.0
+ORIGIN_BYTES = 12
 
 
 class RedisBus:
@@ -39,32 +53,50 @@ class RedisBus:
         receiver: Receiver,
         *,
         prefix: str = "squall:",
-        on_resubscribed: Callable[[], None] | None = None,
+        on_subscribed: Callable[[str], None] | None = None,
+        on_reconnected: Callable[[], None] | None = None,
     ) -> None:
         self.prefix = prefix
         self._receiver = receiver
-        self._on_resubscribed = on_resubscribed
-        self._publisher = aioredis.from_url(url)
+        self._on_subscribed = on_subscribed
+        self._on_reconnected = on_reconnected
+        #: Tags this process's payloads; unique even if two nodes were
+        #: given the same node id.
+        self.origin = secrets.token_hex(ORIGIN_BYTES // 2).encode()
+        self._publisher = aioredis.from_url(url, socket_timeout=5)
         self._subscriber = aioredis.from_url(url)
         self._pubsub: aioredis.client.PubSub | None = None
-        self._channels: set[str] = set()
-        self._task: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
-        self._pending: set[asyncio.Task[None]] = set()
+        #: What this node wants; Redis is brought to it by :meth:`_sync`.
+        self._wanted: set[str] = set()
+        self._active: set[str] = set()
+        #: Subscriptions Redis has confirmed on the current connection.
+        self._confirmed: set[str] = set()
+        self._waiters: dict[str, asyncio.Event] = {}
+        self._changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
         self.connected = asyncio.Event()
         self.reconnects = 0
         self.publish_failures = 0
+        self.received = 0
+
+    @property
+    def healthy(self) -> bool:
+        return self.connected.is_set()
 
     # Life cycle.
 
     def start(self) -> None:
-        self._task = asyncio.ensure_future(self._run())
+        self._tasks = [
+            asyncio.ensure_future(self._run()),
+            asyncio.ensure_future(self._sync_loop()),
+        ]
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         await self._drop_pubsub()
         await self._publisher.aclose()
         await self._subscriber.aclose()
@@ -78,18 +110,33 @@ class RedisBus:
     # Bus.
 
     def subscribe(self, channel: str) -> None:
-        if channel not in self._channels:
-            self._channels.add(channel)
-            self._spawn(self._apply("subscribe", channel))
+        if channel not in self._wanted:
+            self._wanted.add(channel)
+            self._changed.set()
 
     def unsubscribe(self, channel: str) -> None:
-        if channel in self._channels:
-            self._channels.discard(channel)
-            self._spawn(self._apply("unsubscribe", channel))
+        if channel in self._wanted:
+            self._wanted.discard(channel)
+            self._changed.set()
+
+    async def subscribed(self, channel: str) -> None:
+        if channel in self._confirmed or not self.connected.is_set():
+            # Cut off: the catch-up after reconnecting covers the gap.
+            return
+        waiter = self._waiters.get(channel)
+        if waiter is None:
+            waiter = self._waiters[channel] = asyncio.Event()
+        try:
+            await asyncio.wait_for(waiter.wait(), CONFIRM_TIMEOUT_S)
+        except TimeoutError:
+            logger.warning("Redis did not confirm a subscription in time")
+        finally:
+            if self._waiters.get(channel) is waiter and waiter.is_set():
+                del self._waiters[channel]
 
     async def publish(self, channel: str, payload: bytes) -> None:
         try:
-            await self._publisher.publish(self.prefix + channel, payload)
+            await self._publisher.publish(self.prefix + channel, self.origin + payload)
         except (RedisError, OSError) as exc:
             # What was stored is not lost: subscribers catch up from storage
             # on the next event or when their connection returns.
@@ -98,18 +145,35 @@ class RedisBus:
 
     # Inside.
 
-    async def _apply(self, action: str, channel: str) -> None:
-        async with self._lock:
-            pubsub = self._pubsub
-            if pubsub is None or not self.connected.is_set():
-                return  # the next (re)connect subscribes everything
+    async def _sync_loop(self) -> None:
+        """Bring Redis's subscriptions to what is wanted, in batches: a node
+        that opens thousands of sockets sends a few commands, not one per
+        channel."""
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            await self.connected.wait()
             try:
-                if action == "subscribe" and channel in self._channels:
-                    await pubsub.subscribe(self.prefix + channel)
-                elif action == "unsubscribe" and channel not in self._channels:
-                    await pubsub.unsubscribe(self.prefix + channel)
+                await self._sync()
             except (RedisError, OSError) as exc:
-                logger.warning("Redis %s failed: %s", action, type(exc).__name__)
+                # The listener notices the lost connection and reconnects,
+                # and a reconnect subscribes everything wanted.
+                logger.warning("Redis subscribe failed: %s", type(exc).__name__)
+
+    async def _sync(self) -> None:
+        pubsub = self._pubsub
+        if pubsub is None:
+            return
+        add = [c for c in self._wanted if c not in self._active]
+        drop = [c for c in self._active if c not in self._wanted]
+        for start in range(0, len(add), CHUNK):
+            chunk = add[start : start + CHUNK]
+            await pubsub.subscribe(*(self.prefix + c for c in chunk))
+            self._active.update(chunk)
+        for start in range(0, len(drop), CHUNK):
+            chunk = drop[start : start + CHUNK]
+            await pubsub.unsubscribe(*(self.prefix + c for c in chunk))
+            self._active.difference_update(chunk)
 
     async def _run(self) -> None:
         backoff = Backoff(base_s=0.1, cap_s=5.0)
@@ -120,50 +184,70 @@ class RedisBus:
                 if not first:
                     self.reconnects += 1
                     logger.info("Redis bus reconnected; catching up from storage")
-                    if self._on_resubscribed is not None:
-                        self._on_resubscribed()
+                    if self._on_reconnected is not None:
+                        self._on_reconnected()
                 first = False
                 backoff.reset()
                 await self._listen()
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                logger.warning("Redis bus lost: %s", type(exc).__name__)
+                if self.connected.is_set() or first:
+                    logger.warning("Redis bus lost: %s", type(exc).__name__)
             self.connected.clear()
             await self._drop_pubsub()
             await asyncio.sleep(backoff.next_delay())
 
     async def _connect(self) -> None:
-        async with self._lock:
-            pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
-            channels = [self.prefix + c for c in self._channels]
-            # A placeholder keeps the connection in subscribed mode even
-            # when this node follows nothing yet.
-            await pubsub.subscribe(self.prefix + "_node", *channels)
-            self._pubsub = pubsub
-            self.connected.set()
+        pubsub = self._subscriber.pubsub()
+        wanted = list(self._wanted)
+        # A placeholder keeps the connection in subscribed mode even when
+        # this node follows nothing yet.
+        await pubsub.subscribe(self.prefix + "_node")
+        for start in range(0, len(wanted), CHUNK):
+            await pubsub.subscribe(
+                *(self.prefix + c for c in wanted[start : start + CHUNK])
+            )
+        self._pubsub = pubsub
+        self._active = set(wanted)
+        self.connected.set()
+        # Wanted meanwhile: the sync loop takes it from here.
+        self._changed.set()
 
     async def _listen(self) -> None:
         assert self._pubsub is not None
         skip = len(self.prefix)
+        origin = self.origin
         while True:
-            message = await self._pubsub.get_message(
-                ignore_subscribe_messages=True, timeout=READ_TIMEOUT_S
-            )
-            if message is None or message.get("type") != "message":
+            message = await self._pubsub.get_message(timeout=READ_TIMEOUT_S)
+            if message is None:
                 continue
-            channel = message["channel"]
-            if isinstance(channel, bytes):
-                channel = channel.decode()
-            self._receiver(channel[skip:], message["data"])
+            kind = message.get("type")
+            channel = _text(message["channel"])[skip:]
+            if kind == "message":
+                data: bytes = message["data"]
+                if data[:ORIGIN_BYTES] == origin:
+                    continue  # delivered to our own sockets already
+                self.received += 1
+                self._receiver(channel, data[ORIGIN_BYTES:])
+            elif kind == "subscribe":
+                self._confirmed.add(channel)
+                waiter = self._waiters.pop(channel, None)
+                if waiter is not None:
+                    waiter.set()
+                if self._on_subscribed is not None:
+                    self._on_subscribed(channel)
+            elif kind == "unsubscribe":
+                self._confirmed.discard(channel)
 
     async def _drop_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
+        self._active = set()
+        self._confirmed = set()
         if pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -185,6 +185,9 @@ class Session:
     async def _follow_everything(self, user_id: uuid.UUID) -> None:
         self._user_channel = user_channel(user_id)
         self.node.hub.subscribe(self._user_channel, self)
+        # Subscribed before reading: a membership change after the read then
+        # arrives on the user's channel, one before it is in the read.
+        await self.node.hub.subscribed(self._user_channel)
         heads = await self.node.conversations.memberships(user_id)
         for conv_id, head in heads.items():
             self._follow(conv_id, head)
@@ -198,7 +201,13 @@ class Session:
         stream = self._streams.get(channel)
         if stream is None:
             stream = self._streams[channel] = Sequencer(cursor, self, channel)
-            self.node.hub.subscribe(channel, self, cursor)
+            hub = self.node.hub
+            hub.subscribe(channel, self, cursor)
+            # The node may have passed on events after our position was read
+            # and before we subscribed: they are in storage.
+            passed = hub.cursor(channel)
+            if passed is not None and passed > cursor:
+                stream.catch_up(target=passed)
         return stream
 
     def _unfollow(self, channel: str) -> None:
@@ -206,6 +215,17 @@ class Session:
         if stream is not None:
             stream.close()
             self.node.hub.unsubscribe(channel, self)
+
+    def reconcile(self, conversation_ids: set[uuid.UUID]) -> None:
+        """Bring what this socket follows to the user's memberships as
+        storage has them now (after the node missed membership events)."""
+        followed = {uuid.UUID(channel[5:]) for channel in self._streams}
+        for gone in followed - conversation_ids:
+            self._unfollow(conversation_channel(gone))
+        if conversation_ids - followed:
+            # Where a new conversation's stream should start is not known
+            # here; the client's sync knows.
+            self.close(CloseCode.RESYNC)
 
     # Sequencer owner: this socket's order per conversation.
 
@@ -311,6 +331,9 @@ class Session:
             raise
         for conv_id, position in result.positions.items():
             stream = self._follow(conv_id, position)
+            # A conversation new to this socket stays quiet until the reply
+            # is out, like the others.
+            stream.pause()
             stream.cursor = position
         for conv_id in result.removed:
             self._unfollow(conversation_channel(conv_id))

@@ -92,9 +92,14 @@ class Settings(BaseSettings):
     )
     redis_url: str = Field(
         default="",
-        description="Redis URL for the bus and the job broker. Default: none "
-        "(in-process bus and broker, one node). Not read yet: the Redis bus "
-        "comes with cluster support.",
+        description="Redis URL for the bus between nodes and for cluster-wide "
+        "presence. Default: none (one node alone, in-process bus).",
+    )
+    redis_prefix: str = Field(
+        default="squall:",
+        max_length=64,
+        description="Prefix of every Redis channel and key, so that several "
+        "clusters can share one Redis. Default `squall:`.",
     )
 
     # Tokens.

@@ -23,26 +23,35 @@ async def _until(condition: object, timeout: float = 5.0) -> None:
 
 
 async def test_events_cross_nodes_only_where_subscribed() -> None:
-    """A node receives a channel's events only while it subscribes to it."""
+    """A node receives a channel's events only while it subscribes to it, and
+    never the echo of its own."""
     await require_redis()
     prefix = f"squall-test-{uuid.uuid4().hex[:8]}:"
     got_a: list[tuple[str, bytes]] = []
     got_b: list[tuple[str, bytes]] = []
+    confirmed: list[str] = []
     a = RedisBus(REDIS_URL, lambda c, p: got_a.append((c, p)), prefix=prefix)
-    b = RedisBus(REDIS_URL, lambda c, p: got_b.append((c, p)), prefix=prefix)
+    b = RedisBus(
+        REDIS_URL,
+        lambda c, p: got_b.append((c, p)),
+        prefix=prefix,
+        on_subscribed=confirmed.append,
+    )
     a.start()
     b.start()
     try:
         await asyncio.wait_for(a.connected.wait(), 5)
         await asyncio.wait_for(b.connected.wait(), 5)
+        a.subscribe("conv:1")
         b.subscribe("conv:1")
-        await asyncio.sleep(0.2)
+        await _until(lambda: "conv:1" in confirmed)
+        await asyncio.sleep(0.1)
         await a.publish("conv:1", b"one")
         await a.publish("conv:2", b"two")
         await _until(lambda: got_b)
         await asyncio.sleep(0.1)
         assert got_b == [("conv:1", b"one")]
-        assert got_a == []
+        assert got_a == []  # its own publish comes back, and is skipped
         b.unsubscribe("conv:1")
         await asyncio.sleep(0.2)
         await a.publish("conv:1", b"three")
@@ -101,7 +110,7 @@ async def test_reconnects_and_asks_for_catch_up(own_redis) -> None:  # type: ign
     url = f"redis://127.0.0.1:{port}/0"
     caught_up = asyncio.Event()
     got: list[bytes] = []
-    bus = RedisBus(url, lambda c, p: got.append(p), on_resubscribed=caught_up.set)
+    bus = RedisBus(url, lambda c, p: got.append(p), on_reconnected=caught_up.set)
     sender = RedisBus(url, lambda c, p: None)
     bus.subscribe("conv:x")
     # The server may still be starting: the bus retries on its own.

@@ -226,6 +226,22 @@ class AccountService:
             raise ApiError(ErrorCode.TOKEN_REVOKED)
         return Principal(claims.user_id, claims.family_id, claims.expires_at)
 
+    async def revoked_among(self, family_ids: set[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of these sessions were ended (a node checks its sockets'
+        after it was cut off from the others' revocation events)."""
+        revoked: set[uuid.UUID] = set()
+        ids = list(family_ids)
+        async with self.db.sessions() as session:
+            for start in range(0, len(ids), 500):
+                rows = await session.scalars(
+                    select(RefreshFamily.id).where(
+                        RefreshFamily.id.in_(ids[start : start + 500]),
+                        RefreshFamily.revoked_at.is_not(None),
+                    )
+                )
+                revoked.update(rows)
+        return revoked
+
     # Helpers.
 
     def _verify(

@@ -59,6 +59,23 @@ class ConversationService:
             )
             return {conv_id: last_seq for conv_id, last_seq in rows}
 
+    async def conversations_of(
+        self, user_ids: set[uuid.UUID]
+    ) -> dict[uuid.UUID, set[uuid.UUID]]:
+        """The conversation ids of each of these users, in one query per 500."""
+        found: dict[uuid.UUID, set[uuid.UUID]] = {u: set() for u in user_ids}
+        ids = list(user_ids)
+        async with self.db.sessions() as session:
+            for start in range(0, len(ids), 500):
+                rows = await session.execute(
+                    select(Member.user_id, Member.conversation_id).where(
+                        Member.user_id.in_(ids[start : start + 500])
+                    )
+                )
+                for user_id, conv_id in rows:
+                    found[user_id].add(conv_id)
+        return found
+
     async def list_for(self, user_id: uuid.UUID) -> list[ConversationOut]:
         async with self.db.sessions() as session:
             ids = list(

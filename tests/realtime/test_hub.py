@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from protocol.codecs import JSON
 from protocol.envelope import conversation_channel
-from realtime.bus import LocalBus
 from realtime.hub import Batch, Frames, Hub
 from realtime.services.chatlog import StoredEvent
 from realtime.wsframe import build_frame
@@ -42,9 +41,7 @@ def _hub(stored: dict[int, StoredEvent]) -> Hub:
     async def fetch(conv: uuid.UUID, after: int, limit: int) -> list[StoredEvent]:
         return [stored[s] for s in sorted(stored) if s > after][:limit]
 
-    hub = Hub(fetch)
-    hub.attach(LocalBus(hub.on_bus_message))
-    return hub
+    return Hub(fetch)
 
 
 def _payload(seq: int) -> dict[str, Any]:
