@@ -50,6 +50,8 @@ class Node:
     connections: Sockets
     cluster: ClusterLink = field(init=False)
     draining: bool = field(default=False)
+    #: REST requests being handled, for draining.
+    requests_in_flight: int = field(default=0)
     #: Authenticated sockets of this node (sessions), for draining.
     sockets: set[Any] = field(default_factory=set)
     #: Node-wide loops, cancelled by :meth:`close`.

@@ -12,6 +12,7 @@ import tornado.netutil
 import tornado.web
 
 from realtime import ws
+from realtime.drain import drain
 from realtime.node import Node, build_node
 from realtime.settings import Settings
 from rest.base import NotFoundHandler
@@ -95,10 +96,6 @@ async def serve(settings: Settings) -> None:
     logger.info("stopping node %s", node.node_id)
     node.draining = True
     server.stop()
-    # TODO: spread these closes over a window (SQUALL_DRAIN_S) so that a
-    # cluster sees no reconnect storm; today they all go at once.
-    for session in list(node.sockets):
-        session.close_restarting()
-    await asyncio.sleep(0.1)
+    await drain(node)
     await server.close_all_connections()
     await node.close()

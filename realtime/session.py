@@ -119,9 +119,6 @@ class Session:
         self.transport.close(code.code, code.reason)
         self.on_closed()
 
-    def close_restarting(self) -> None:
-        self.close(CloseCode.SERVER_RESTARTING)
-
     def on_closed(self) -> None:
         """The socket is gone: release everything it held."""
         if self.closed:

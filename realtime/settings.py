@@ -252,6 +252,15 @@ class Settings(BaseSettings):
         "`session.expiring`. Default 60 s.",
     )
 
+    drain_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=600,
+        description="On SIGTERM, the window over which the node closes its "
+        "sockets with 1012 (a few at a time, so that clients come back to other "
+        "nodes at that pace); running requests finish first. Default 10 s.",
+    )
+
     # Logging.
     log_level: str = Field(default="INFO", description="Log level. Default `INFO`.")
     log_json: bool = Field(

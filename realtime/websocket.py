@@ -55,6 +55,7 @@ class WebSocket:
     __slots__ = (
         "_close_timer",
         "_discard",
+        "_drain",
         "_fd",
         "_finish_on_flush",
         "_loop",
@@ -86,6 +87,7 @@ class WebSocket:
         self._out: bytearray | None = None
         self._reading = False
         self._discard = False
+        self._drain = False
         self._finish_on_flush = False
         self._close_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
@@ -180,6 +182,26 @@ class WebSocket:
         self._write(close_frame(code, reason))
         if not self.closed:
             self._close_timer = self._loop.call_later(CLOSE_TIMEOUT_S, self._finish)
+
+    def close_when_idle(self) -> None:
+        """Close with "server restarting" once the request running now (if
+        any) has been answered; requests queued behind it are not started,
+        so the client retries them elsewhere."""
+        if self.closing or self.closed:
+            return
+        if self._task is None:
+            self._close_restarting()
+        else:
+            self._drain = True
+
+    def _close_restarting(self) -> None:
+        self._discard = True
+        if self.session is not None:
+            self.session.close(CloseCode.SERVER_RESTARTING)
+        else:
+            self.close(
+                CloseCode.SERVER_RESTARTING.code, CloseCode.SERVER_RESTARTING.reason
+            )
 
     def _finish_when_flushed(self) -> None:
         if self._out is None:
@@ -317,7 +339,9 @@ class WebSocket:
             if self.session is not None:
                 self.session.close(CloseCode.INTERNAL_ERROR)
         self._task = None
-        if not self.closed and not self._discard:
+        if self._drain:
+            self._close_restarting()
+        elif not self.closed and not self._discard:
             self._handle_input()
 
 
@@ -333,6 +357,9 @@ class Sockets:
 
     def __len__(self) -> int:
         return len(self._open)
+
+    def open_sockets(self) -> list[WebSocket]:
+        return list(self._open)
 
     def add(self, conn: WebSocket) -> None:
         self._open.add(conn)

@@ -67,8 +67,22 @@ class ApiHandler(tornado.web.RequestHandler):
         self.error_headers: dict[str, str] = {}
         self._refused = False
         self._drained = 0
+        self._counted = True
+        node.requests_in_flight += 1
 
     # Request lifecycle.
+
+    def on_finish(self) -> None:
+        self._uncount()
+
+    def on_connection_close(self) -> None:
+        self._uncount()
+        super().on_connection_close()
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.node.requests_in_flight -= 1
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json")
