@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from realtime.storage.database import make_engine
@@ -12,6 +13,19 @@ from realtime.storage.models import Base
 
 config = context.config
 target_metadata = Base.metadata
+
+#: Key of the PostgreSQL advisory lock that migrators take, so that nodes
+#: started together (each running `squall migrate`) upgrade one at a time:
+#: the later ones find the schema at head and do nothing.
+MIGRATION_LOCK_KEY = 0x5371_A11
+
+
+def _serialise(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Held to the end of the transaction that runs the migrations.
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+        )
 
 
 def _run(connection: Connection) -> None:
@@ -23,6 +37,7 @@ def _run(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        _serialise(connection)
         context.run_migrations()
 
 

@@ -3,6 +3,9 @@ engines, and a node refuses a database they have not been run on."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,3 +76,35 @@ async def _diff(url: str) -> list[object]:
             return await conn.run_sync(compare)
     finally:
         await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_nodes_migrating_at_once_take_turns(tmp_path: Path) -> None:
+    """Several nodes started together each run `squall migrate`: one applies
+    the migrations, the others wait for it and then find nothing to do."""
+    async with scratch_postgres() as url:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SQUALL_")}
+        env.update(
+            SQUALL_DATABASE_URL=url,
+            SQUALL_JWT_SECRET=TEST_SECRET,
+            SQUALL_DATA_DIR=str(tmp_path),
+        )
+        squall = Path(sys.executable).parent / "squall"
+        procs = [
+            await asyncio.create_subprocess_exec(
+                str(squall),
+                "migrate",
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            for _ in range(3)
+        ]
+        outputs = await asyncio.wait_for(
+            asyncio.gather(*(p.communicate() for p in procs)), 120
+        )
+        for proc, (_, err) in zip(procs, outputs, strict=True):
+            assert proc.returncode == 0, err.decode()[-2000:]
+        sa_url = Settings(database_url=url, jwt_secret=TEST_SECRET).sqlalchemy_url
+        await ensure_migrated(sa_url)
+        assert await _diff(sa_url) == []
