@@ -76,6 +76,7 @@ class RedisBus:
         self._tasks: list[asyncio.Task[None]] = []
         self.connected = asyncio.Event()
         self.reconnects = 0
+        self.published = 0
         self.publish_failures = 0
         self.received = 0
 
@@ -137,6 +138,7 @@ class RedisBus:
     async def publish(self, channel: str, payload: bytes) -> None:
         try:
             await self._publisher.publish(self.prefix + channel, self.origin + payload)
+            self.published += 1
         except (RedisError, OSError) as exc:
             # What was stored is not lost: subscribers catch up from storage
             # on the next event or when their connection returns.

@@ -236,6 +236,7 @@ class ApiHandler(tornado.web.RequestHandler):
         """Take one token from each key's bucket; 429 when any is empty."""
         wait = max(self.node.auth_limiter.take(key) for key in keys)
         if wait > 0:
+            self.node.metrics.rate_limited_auth.inc()
             retry_ms = math.ceil(wait * 1000)
             raise ApiError(ErrorCode.RATE_LIMITED, retry_after_ms=retry_ms)
 
