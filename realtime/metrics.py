@@ -110,11 +110,12 @@ class NodeMetrics:
 
     def observe_rpc(self, method: str, transport: str, seconds: float) -> None:
         """One answered RPC; ``transport`` is ``ws`` or ``rest``."""
-        key = (method, transport)
+        # Keyed by label, not by what the client sent: made-up names must
+        # not grow this cache either.
+        key = (method if method in METHODS else UNKNOWN_METHOD, transport)
         child = self._rpc.get(key)
         if child is None:
-            label = method if method in METHODS else UNKNOWN_METHOD
-            child = self._rpc[key] = self.rpc_seconds.labels(label, transport)
+            child = self._rpc[key] = self.rpc_seconds.labels(*key)
         child.observe(seconds)
 
     def render(self) -> bytes:

@@ -133,6 +133,11 @@ class ApiHandler(tornado.web.RequestHandler):
         """
         self._refused = True
         self._drained = 0
+        # Tornado's own cap would otherwise stop the drain early and write
+        # a bare 400 behind our answer on the same connection.
+        self.request.connection.set_max_body_size(  # type: ignore[union-attr]
+            self.body_limit() + _SLACK + _DRAIN_LIMIT
+        )
         self.clear()
         self._render_error(error)
         self.flush()

@@ -42,18 +42,17 @@ async def test_ready_follows_the_bus(
     )
     async with running_node(settings) as node:
         body = await _until_ready(node, 200, 10)
-        assert body == {
-            "ready": True,
-            "checks": {"storage": "ok", "bus": "ok", "draining": "no"},
-        }
+        assert body["ready"] is True
+        assert body["checks"]["storage"] == "ok"
+        assert body["checks"]["bus"] == "ok"
+        assert body["checks"]["draining"] == "no"
         assert value(await scrape(node), "squall_bus_up") == 1
 
         own_redis.kill()
         body = await _until_ready(node, 503, 10)
-        assert body == {
-            "ready": False,
-            "checks": {"storage": "ok", "bus": "unreachable", "draining": "no"},
-        }
+        assert body["ready"] is False
+        assert body["checks"]["storage"] == "ok"
+        assert body["checks"]["bus"] == "unreachable"
         # What is published meanwhile fails, and is counted.
         await node.node.hub.publish("cluster", {"event": "_probe", "data": {}})
         during = await scrape(node)
