@@ -57,6 +57,25 @@ async def test_events_cross_nodes_only_where_subscribed() -> None:
         await b.close()
 
 
+async def test_nothing_is_published_once_closed() -> None:
+    """What a closing node still publishes is dropped, rather than opening a
+    Redis connection that nobody would close."""
+    await require_redis()
+    bus = RedisBus(REDIS_URL, lambda c, p: None, prefix="squall-test-closed:")
+    bus.start()
+    await asyncio.wait_for(bus.connected.wait(), 5)
+    await bus.publish("conv:1", b"before")
+    await bus.close()
+    await bus.publish("conv:1", b"after")
+    assert bus.published == 1
+    pool = bus._publisher.connection_pool
+    assert not pool._in_use_connections  # type: ignore[attr-defined]
+    assert all(
+        not c.is_connected
+        for c in pool._available_connections  # type: ignore[attr-defined]
+    )
+
+
 async def test_reconnects_and_asks_for_catch_up(own_redis: OwnRedis) -> None:
     """After Redis restarts, the bus resubscribes on its own and tells the
     node to catch up from storage."""
