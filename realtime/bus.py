@@ -16,6 +16,15 @@ Receiver = Callable[[str, bytes], None]
 
 
 class Bus(Protocol):
+    #: Messages received from other nodes.
+    received: int
+    #: Messages handed to the bus for other nodes.
+    published: int
+    #: Publishes that failed (the bus was unreachable).
+    publish_failures: int
+    #: Times the bus got its connection back after losing it.
+    reconnects: int
+
     def subscribe(self, channel: str) -> None: ...
 
     def unsubscribe(self, channel: str) -> None: ...
@@ -41,6 +50,10 @@ class LocalBus:
     """The bus of a node that runs alone: there is no other node to tell."""
 
     healthy = True
+    received = 0
+    published = 0
+    publish_failures = 0
+    reconnects = 0
 
     def subscribe(self, channel: str) -> None:
         pass

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
@@ -120,8 +121,14 @@ class Hub:
         self._channels: dict[str, _Channel] = {}
         self._dirty: list[tuple[str, _Channel]] = []
         self.bus: Bus = LocalBus()
+        #: Gaps in a conversation's seqs read from storage.
         self.gap_repairs = 0
+        #: Events written to local sockets, one per socket.
         self.deliveries = 0
+        #: Events this node published.
+        self.published = 0
+        #: Given the seconds each fan-out took (the node's histogram).
+        self.observe_fanout: Callable[[float], None] | None = None
 
     def attach(self, bus: Bus) -> None:
         self.bus = bus
@@ -193,6 +200,7 @@ class Hub:
         """To this node's subscribers at once, and through the bus to the
         other nodes'."""
         payload = orjson.dumps(envelope)
+        self.published += 1
         self.on_bus_message(channel, payload)
         await self.bus.publish(channel, payload)
 
@@ -235,10 +243,13 @@ class Hub:
         pending, entry.pending = entry.pending, None
         if not pending:
             return
+        started = time.perf_counter()
         out: Frames | Batch = pending[0] if len(pending) == 1 else Batch(pending)
         for subscriber in tuple(entry.subscribers):
             subscriber.on_frames(channel, out)
         self.deliveries += len(entry.subscribers) * len(pending)
+        if self.observe_fanout is not None:
+            self.observe_fanout(time.perf_counter() - started)
         # The window starts when the write ends: a fan-out to many sockets
         # can itself take longer than the window.
         entry.written_at = asyncio.get_running_loop().time()

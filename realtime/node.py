@@ -12,6 +12,7 @@ from typing import Any
 from realtime.blobs import BlobStore, LocalBlobStore
 from realtime.cluster import ClusterLink, SharedMemberCache
 from realtime.hub import Hub
+from realtime.metrics import NodeMetrics
 from realtime.presence import Presence, Typing
 from realtime.ratelimit import KeyedLimiter
 from realtime.redis_bus import RedisBus
@@ -49,6 +50,7 @@ class Node:
     #: Every open WebSocket of this node, authenticated or not.
     connections: Sockets
     cluster: ClusterLink = field(init=False)
+    metrics: NodeMetrics = field(init=False)
     draining: bool = field(default=False)
     #: REST requests being handled, for draining.
     requests_in_flight: int = field(default=0)
@@ -114,6 +116,8 @@ async def build_node(settings: Settings, *, check_schema: bool = True) -> Node:
         connections=Sockets(settings.ws_ping_interval_s),
     )
     node.cluster = ClusterLink(node, members)
+    node.metrics = NodeMetrics(node)
+    hub.observe_fanout = node.metrics.fanout_seconds.observe
     if settings.redis_url:
         bus = RedisBus(
             settings.redis_url,

@@ -75,7 +75,9 @@ class RedisBus:
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.connected = asyncio.Event()
+        self._closed = False
         self.reconnects = 0
+        self.published = 0
         self.publish_failures = 0
         self.received = 0
 
@@ -92,6 +94,7 @@ class RedisBus:
         ]
 
     async def close(self) -> None:
+        self._closed = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -135,8 +138,13 @@ class RedisBus:
                 del self._waiters[channel]
 
     async def publish(self, channel: str, payload: bytes) -> None:
+        if self._closed:
+            # A socket closing with the node still publishes (its presence,
+            # say); the pool would open a connection nobody closes.
+            return
         try:
             await self._publisher.publish(self.prefix + channel, self.origin + payload)
+            self.published += 1
         except (RedisError, OSError) as exc:
             # What was stored is not lost: subscribers catch up from storage
             # on the next event or when their connection returns.

@@ -66,6 +66,7 @@ def urls(settings: Settings, port: int) -> dict[str, str]:
         "REST API": f"{base}/v1",
         "OpenAPI document": f"{base}/openapi.json",
         "Health": f"{base}/healthz",
+        "Metrics": f"{base}/metrics",
         "WebSocket": base.replace("http", "ws", 1) + "/v1/ws",
     }
 

@@ -8,7 +8,6 @@ rules here test without a network and the WebSocket handler stays thin.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import uuid
 from collections import deque
@@ -25,6 +24,7 @@ from protocol.codecs import Codec, DecodeError
 from protocol.envelope import Request, conversation_channel, user_channel
 from protocol.errors import ApiError, ErrorCode, field_errors
 from realtime.hub import Batch, Frames
+from realtime.logs import conn_logger
 from realtime.node import Node
 from realtime.presence import presence_channel
 from realtime.ratelimit import TokenBucket
@@ -41,7 +41,7 @@ from realtime.services.chatlog import (
 from realtime.timefmt import iso_from_epoch
 from realtime.wsframe import build_frame
 
-logger = logging.getLogger(__name__)
+log = conn_logger(__name__)
 
 ABUSE_WINDOW_S = 10.0
 MAX_PRESENCE_WATCH = 1000
@@ -109,13 +109,13 @@ class Session:
 
     def _auth_deadline(self) -> None:
         if self.principal is None and not self.closed:
-            logger.debug("conn=%s auth deadline passed", self.conn_id)
+            log.debug(self.conn_id, "auth deadline passed")
             self.close(CloseCode.AUTH_TIMEOUT)
 
     def close(self, code: CloseCode) -> None:
         if self.closed:
             return
-        logger.info("conn=%s closing: %s", self.conn_id, code.reason)
+        log.info(self.conn_id, "closing: %s", code.reason)
         self.transport.close(code.code, code.reason)
         self.on_closed()
 
@@ -152,9 +152,7 @@ class Session:
             self.node.sockets.add(self)
             await self._follow_everything(principal.user_id)
             await self.node.presence.connected(principal.user_id)
-            logger.info(
-                "conn=%s authenticated user=%s", self.conn_id, principal.user_id
-            )
+            log.info(self.conn_id, "authenticated user=%s", principal.user_id)
         return chat.AuthResult(
             user_id=principal.user_id,
             session_id=principal.family_id,
@@ -238,7 +236,7 @@ class Session:
         self.send_value(event.envelope())
 
     def on_gap(self, key: str, cursor: int, seq: int) -> None:
-        logger.debug("conn=%s behind on %s: %d..%d", self.conn_id, key, cursor, seq)
+        log.debug(self.conn_id, "behind on %s: %d..%d", key, cursor, seq)
 
     def watch_presence(self, user_ids: list[uuid.UUID]) -> None:
         if self._watched is None:
@@ -405,29 +403,35 @@ class Session:
                     Call(self.node, self.principal, self), params
                 )
         except ApiError as exc:
-            logger.debug(
-                "conn=%s %s -> %s", self.conn_id, request.method, exc.code.code
-            )
+            log.debug(self.conn_id, "%s -> %s", request.method, exc.code.code)
             self.reply_error(request.id, exc)
+            self._observe(request.method, started, exc.code)
             if self.principal is None and request.method == "auth":
                 self.close(_close_for(exc))
             return
         except Exception:
-            logger.exception("conn=%s method %s failed", self.conn_id, request.method)
+            log.exception(self.conn_id, "method %s failed", request.method)
             self.reply_error(request.id, ApiError(ErrorCode.INTERNAL_ERROR))
+            self._observe(request.method, started, ErrorCode.INTERNAL_ERROR)
             return
         self.send_value({"id": request.id, "result": result.model_dump(mode="json")})
+        elapsed = self._observe(request.method, started)
         if self._after_reply:
             hooks, self._after_reply = self._after_reply, None
             for hook in hooks:
                 hook()
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug(
-                "conn=%s %s ok in %.1fms",
-                self.conn_id,
-                request.method,
-                1000 * (time.perf_counter() - started),
-            )
+        log.debug(self.conn_id, "%s ok in %.1fms", request.method, 1000 * elapsed)
+
+    def _observe(
+        self, method: str, started: float, error: ErrorCode | None = None
+    ) -> float:
+        """Count one answered request; the seconds it took."""
+        elapsed = time.perf_counter() - started
+        metrics = self.node.metrics
+        metrics.observe_rpc(method, "ws", elapsed)
+        if error is not None:
+            metrics.rpc_errors.labels("ws", error.code).inc()
+        return elapsed
 
     async def _auth_request(self, params: Any) -> chat.AuthResult:
         assert isinstance(params, chat.AuthParams)
@@ -445,6 +449,7 @@ class Session:
         wait = bucket.take(now)
         if wait <= 0:
             return
+        self.node.metrics.rate_limited_socket.inc()
         if self._rejections is None:
             self._rejections = deque()
         self._rejections.append(now)

@@ -16,12 +16,12 @@ about one frame's worth.
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from protocol.close_codes import CloseCode
+from realtime.logs import conn_logger
 from realtime.wsframe import (
     BINARY,
     CLOSE,
@@ -39,7 +39,7 @@ from realtime.wsframe import (
 if TYPE_CHECKING:
     from realtime.session import Session
 
-logger = logging.getLogger(__name__)
+log = conn_logger(__name__)
 
 RECV_BYTES = 64 * 1024
 #: How long a closing socket waits for the peer's close frame and for its
@@ -179,6 +179,8 @@ class WebSocket:
         if self.closing or self.closed:
             return
         self.closing = True
+        sent = self._registry.closes_sent
+        sent[code] = sent.get(code, 0) + 1
         self._write(close_frame(code, reason))
         if not self.closed:
             self._close_timer = self._loop.call_later(CLOSE_TIMEOUT_S, self._finish)
@@ -278,7 +280,7 @@ class WebSocket:
                 self._fail(session, CloseCode.MESSAGE_TOO_BIG)
                 return
             except FramingError as exc:
-                logger.debug("conn=%s framing error: %s", self.conn_id, exc)
+                log.debug(self.conn_id, "framing error: %s", exc)
                 self._fail(session, CloseCode.PROTOCOL_VIOLATION)
                 return
             if message is None:
@@ -312,10 +314,11 @@ class WebSocket:
             code = CloseCode.PROTOCOL_VIOLATION.code
         if not self.closing:
             # The peer started the handshake: answer with its code.
-            logger.debug("conn=%s closed by the peer (%d)", self.conn_id, code)
+            log.debug(self.conn_id, "closed by the peer (%d)", code)
             echo = code if code != 1005 else CloseCode.NORMAL.code
             self._write(close_frame(echo))
             self.closing = True
+            self._registry.closed_by_peer += 1
         self._discard = True
         self._finish_when_flushed()
 
@@ -335,7 +338,7 @@ class WebSocket:
         except Exception:
             # Requests are answered one by one inside the session; reaching
             # here means the session is in a state nobody foresaw.
-            logger.exception("conn=%s session failed", self.conn_id)
+            log.exception(self.conn_id, "session failed")
             if self.session is not None:
                 self.session.close(CloseCode.INTERNAL_ERROR)
         self._task = None
@@ -354,6 +357,13 @@ class Sockets:
         self.interval = ping_interval_s
         self._open: set[WebSocket] = set()
         self._task: asyncio.Task[None] | None = None
+        #: Sockets opened since the node started.
+        self.opened = 0
+        #: Close frames this node started, by close code (an echo of the
+        #: peer's code is not counted here: clients choose those).
+        self.closes_sent: dict[int, int] = {}
+        #: Closing handshakes the peer started.
+        self.closed_by_peer = 0
 
     def __len__(self) -> int:
         return len(self._open)
@@ -363,6 +373,7 @@ class Sockets:
 
     def add(self, conn: WebSocket) -> None:
         self._open.add(conn)
+        self.opened += 1
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._beat())
 
@@ -385,7 +396,7 @@ class Sockets:
                 if conn.closing:
                     continue
                 if conn.last_pong < deadline and conn.session is not None:
-                    logger.info("conn=%s missed a heartbeat", conn.conn_id)
+                    log.info(conn.conn_id, "missed a heartbeat")
                     conn.session.close(CloseCode.INTERNAL_ERROR)
                     continue
                 conn.ping()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import logging
 import secrets
 import socket
 
@@ -20,11 +19,12 @@ from tornado.iostream import IOStream, StreamClosedError
 
 from protocol.close_codes import CloseCode
 from protocol.codecs import CODECS, JSON
+from realtime.logs import conn_logger
 from realtime.node import Node
 from realtime.session import Session
 from realtime.websocket import WebSocket
 
-logger = logging.getLogger(__name__)
+log = conn_logger(__name__)
 
 _ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -121,11 +121,11 @@ class SocketHandler(tornado.web.RequestHandler):
         conn = WebSocket(sock, self.node.connections, conn_id, max_frame)
         codec = CODECS.get(subprotocol or "", JSON)
         session = Session(self.node, conn, codec, conn_id)
-        logger.debug("conn=%s open from %s codec=%s", conn_id, remote_ip, codec.name)
+        log.debug(conn_id, "open from %s codec=%s", remote_ip, codec.name)
         if origin_ok:
             opening = session.start(bearer)
         else:
-            logger.info("conn=%s refused origin from %s", conn_id, remote_ip)
+            log.info(conn_id, "refused origin from %s", remote_ip)
             opening = _refuse_origin(session)
         conn.start(session, opening, early)
 

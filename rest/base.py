@@ -133,6 +133,11 @@ class ApiHandler(tornado.web.RequestHandler):
         """
         self._refused = True
         self._drained = 0
+        # Tornado's own cap would otherwise stop the drain early and write
+        # a bare 400 behind our answer on the same connection.
+        self.request.connection.set_max_body_size(  # type: ignore[union-attr]
+            self.body_limit() + _SLACK + _DRAIN_LIMIT
+        )
         self.clear()
         self._render_error(error)
         self.flush()
@@ -236,6 +241,7 @@ class ApiHandler(tornado.web.RequestHandler):
         """Take one token from each key's bucket; 429 when any is empty."""
         wait = max(self.node.auth_limiter.take(key) for key in keys)
         if wait > 0:
+            self.node.metrics.rate_limited_auth.inc()
             retry_ms = math.ceil(wait * 1000)
             raise ApiError(ErrorCode.RATE_LIMITED, retry_after_ms=retry_ms)
 

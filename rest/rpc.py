@@ -7,6 +7,7 @@ the socket-only ``auth``) are missing.
 from __future__ import annotations
 
 import math
+import time
 
 from protocol.errors import ApiError, ErrorCode
 from protocol.methods import METHODS, MethodSpec
@@ -37,12 +38,27 @@ class RpcHandler(ApiHandler):
         self.method_name = method
 
     async def post(self) -> None:
+        started = time.perf_counter()
+        metrics = self.node.metrics
+        try:
+            await self._call()
+        except ApiError as exc:
+            metrics.rpc_errors.labels("rest", exc.code.code).inc()
+            raise
+        except Exception:
+            metrics.rpc_errors.labels("rest", ErrorCode.INTERNAL_ERROR.code).inc()
+            raise
+        finally:
+            metrics.observe_rpc(self.method_name, "rest", time.perf_counter() - started)
+
+    async def _call(self) -> None:
         principal = await self.principal()
         method = lookup(self.method_name)
         wait = self.node.rpc_limiter(method.spec.rate_class).take(
             str(principal.user_id)
         )
         if wait > 0:
+            self.node.metrics.rate_limited_rpc.inc()
             raise ApiError(
                 ErrorCode.RATE_LIMITED, retry_after_ms=math.ceil(wait * 1000)
             )

@@ -4,15 +4,10 @@ from storage when its connection to Redis comes back."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
 import uuid
-from pathlib import Path
-
-import pytest
 
 from realtime.redis_bus import RedisBus
+from tests.conftest import OwnRedis
 from tests.services import REDIS_URL, require_redis
 
 
@@ -62,52 +57,29 @@ async def test_events_cross_nodes_only_where_subscribed() -> None:
         await b.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+async def test_nothing_is_published_once_closed() -> None:
+    """What a closing node still publishes is dropped, rather than opening a
+    Redis connection that nobody would close."""
+    await require_redis()
+    bus = RedisBus(REDIS_URL, lambda c, p: None, prefix="squall-test-closed:")
+    bus.start()
+    await asyncio.wait_for(bus.connected.wait(), 5)
+    await bus.publish("conv:1", b"before")
+    await bus.close()
+    await bus.publish("conv:1", b"after")
+    assert bus.published == 1
+    pool = bus._publisher.connection_pool
+    assert not pool._in_use_connections  # type: ignore[attr-defined]
+    assert all(
+        not c.is_connected
+        for c in pool._available_connections  # type: ignore[attr-defined]
+    )
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A redis-server of this test's own, on a spare loopback port."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    port = _free_port()
-
-    def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(tmp_path),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    procs = [start()]
-    yield port, procs, start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=10)
-
-
-async def test_reconnects_and_asks_for_catch_up(own_redis) -> None:  # type: ignore[no-untyped-def]
+async def test_reconnects_and_asks_for_catch_up(own_redis: OwnRedis) -> None:
     """After Redis restarts, the bus resubscribes on its own and tells the
     node to catch up from storage."""
-    port, procs, start = own_redis
-    url = f"redis://127.0.0.1:{port}/0"
+    url = own_redis.url
     caught_up = asyncio.Event()
     got: list[bytes] = []
     bus = RedisBus(url, lambda c, p: got.append(p), on_reconnected=caught_up.set)
@@ -117,10 +89,9 @@ async def test_reconnects_and_asks_for_catch_up(own_redis) -> None:  # type: ign
     bus.start()
     await asyncio.wait_for(bus.connected.wait(), 10)
     try:
-        procs[0].kill()
-        procs[0].wait(timeout=10)
+        own_redis.kill()
         await _until(lambda: not bus.connected.is_set(), 10)
-        procs.append(start())
+        own_redis.start()
         await asyncio.wait_for(caught_up.wait(), 15)
         assert bus.reconnects == 1
         await sender.publish("conv:x", b"after")

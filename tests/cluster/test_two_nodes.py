@@ -12,6 +12,7 @@ import pytest
 from protocol.client import Closed, RpcError, SquallClient
 from protocol.close_codes import CloseCode
 from tests.conftest import Running, User, register_and_login
+from tests.scrape import scrape, value
 
 pytestmark = pytest.mark.postgres
 
@@ -60,9 +61,18 @@ async def test_a_message_on_one_node_reaches_sockets_on_the_other(
     joined = await on_b.next_event(match=lambda e: e["event"] == "member.added")
     assert bob.id in joined["data"]["user_ids"]
 
+    before_a, before_b = await scrape(a), await scrape(b)
     await _send(on_a, conv, "from-a")
     new = await on_b.next_event(match=lambda e: e["event"] == "message.new")
     assert (new["seq"], new["data"]["text"]) == (2, "from-a")
+    # Out of a through the bus, into b from it, and onto bob's socket.
+    after_a, after_b = await scrape(a), await scrape(b)
+    for node_before, node_after, name in (
+        (before_a, after_a, "squall_bus_published_total"),
+        (before_b, after_b, "squall_bus_received_total"),
+        (before_b, after_b, "squall_socket_deliveries_total"),
+    ):
+        assert value(node_after, name) > value(node_before, name), name
 
     await _send(on_b, conv, "from-b")
     back = await on_a.next_event(match=lambda e: e.get("seq") == 3)

@@ -67,7 +67,9 @@ async def test_drain_closes_sockets_over_the_window_after_running_requests(
 
     # Not ready, and no new sockets, while draining.
     async with node.client() as http:
-        assert (await http.get("/readyz")).status_code == 503
+        r = await http.get("/readyz")
+        assert r.status_code == 503
+        assert r.json()["checks"]["draining"] == "yes"
     refused = await RawSocket.open(node.base_url, token=user.access)
     assert refused.status == 503
     await refused.aclose()

@@ -24,6 +24,7 @@ from tests.realtime.conftest import (
     login,
     reply_to,
 )
+from tests.scrape import scrape, value
 
 
 def _limits(app: Running, **classes: tuple[float, float]) -> dict[str, Any]:
@@ -116,6 +117,7 @@ async def test_sustained_abuse_closes_4006(
         app.node.settings, "ws_rate_limits", _limits(app, write=(0.1, 2.0))
     )
     monkeypatch.setattr(app.node.settings, "ws_abuse_limit", 5)
+    before = await scrape(app)
     a = await connect(alice, reconnect=False, call_timeout_s=3)
     conv = await _direct(a, bob)
 
@@ -137,6 +139,18 @@ async def test_sustained_abuse_closes_4006(
     assert set(codes) == {"rate_limited"}
     assert len(codes) > 5
     assert await _closed_with(a) == CloseCode.RATE_LIMITED.code
+
+    # /metrics saw every rejection and the close.
+    after = await scrape(app)
+    rejected = value(after, "squall_rate_limited_total", scope="socket") - value(
+        before, "squall_rate_limited_total", scope="socket"
+    )
+    assert rejected >= len(codes)
+    labels = {"code": "4006", "reason": "rate_limited"}
+    closes = value(after, "squall_ws_closes_sent_total", **labels) - value(
+        before, "squall_ws_closes_sent_total", **labels
+    )
+    assert closes == 1
 
 
 async def test_rate_limits_are_per_socket(
@@ -194,6 +208,7 @@ async def test_slow_consumer_is_closed(
     )
     a = await connect(alice)
     conv = await _direct(a, bob)
+    before = await scrape(app)
 
     # bob authenticates, then never reads again.
     conn = await raw(bob.access)
@@ -234,6 +249,12 @@ async def test_slow_consumer_is_closed(
     # alice read everything all along and is still connected.
     assert (await a.call("ping"))["pong"] is True
     assert a.close_code is None
+
+    after = await scrape(app)
+    overflows = value(after, "squall_ws_outbox_overflows_total") - value(
+        before, "squall_ws_outbox_overflows_total"
+    )
+    assert overflows == 1
 
 
 async def test_a_reader_that_keeps_up_is_never_a_slow_consumer(
