@@ -387,20 +387,25 @@ class SquallClient:
         :class:`Disconnected` or ``TimeoutError`` the request may have been
         carried out: retry it with the same ids (``client_msg_id``)."""
         limit = timeout or self.call_timeout_s
-        conn = await self._connection(limit)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
         request_id = next(self._ids)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
+        future: asyncio.Future[Any] = loop.create_future()
         frame = self.codec.encode(
             {"id": request_id, "method": method, "params": params or {}}
         )
-        try:
-            await conn.write_message(frame, binary=self.codec.binary)
-        except tornado.websocket.WebSocketClosedError as exc:
-            self._pending.pop(request_id, None)
-            code = conn.close_code
-            lost = Disconnected if self._will_reconnect(code) else Closed
-            raise lost(code, None) from exc
+        while True:
+            conn = await self._connection(max(0.0, deadline - loop.time()))
+            self._pending[request_id] = future
+            try:
+                await conn.write_message(frame, binary=self.codec.binary)
+                break
+            except tornado.websocket.WebSocketClosedError:
+                # Closed before the reader noticed; nothing was sent, so
+                # the request waits for the next connection.
+                self._pending.pop(request_id, None)
+                if self._conn is conn:
+                    self._ready.clear()
         try:
             return await asyncio.wait_for(future, limit)
         finally:
