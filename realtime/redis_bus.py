@@ -96,9 +96,9 @@ class RedisBus:
 
     async def close(self) -> None:
         # The loops check this flag as well as being cancelled: a call under
-        # them may eat the cancellation (asyncio.wait_for on Python 3.11
-        # does when what it waits for finishes at that moment), and a node
-        # that hangs on its way out is worse than one that logs it.
+        # them may eat the cancellation (asyncio.wait_for on Python 3.11 can,
+        # when what it waits for finishes at that moment; nodes were seen
+        # hanging on SIGTERM), and the wait is bounded.
         self._closing = True
         self._changed.set()
         for task in self._tasks:

@@ -132,8 +132,8 @@ async def test_reconnects_and_asks_for_catch_up(own_redis) -> None:  # type: ign
 
 async def test_close_returns_even_if_a_call_swallows_its_cancellation() -> None:
     """Stopping a node does not hang on the bus when a library call under it
-    eats the cancellation (asyncio.wait_for on Python 3.11 does, when what
-    it waits for finishes at the moment it is cancelled)."""
+    eats the cancellation (asyncio.wait_for on Python 3.11 can, when what it
+    waits for finishes at the moment it is cancelled)."""
     await require_redis()
     bus = RedisBus(REDIS_URL, lambda c, p: None, prefix=f"squall-test-{uuid.uuid4()}:")
     entered = asyncio.Event()
