@@ -43,6 +43,8 @@ READ_TIMEOUT_S = 1.0
 CHUNK = 500
 #: Longest :meth:`RedisBus.subscribed` waits for Redis to confirm.
 CONFIRM_TIMEOUT_S = 2.0
+#: Longest :meth:`RedisBus.close` waits for the bus's loops to end.
+CLOSE_TIMEOUT_S = 2.0
 ORIGIN_BYTES = 12
 
 
@@ -74,8 +76,8 @@ class RedisBus:
         self._waiters: dict[str, asyncio.Event] = {}
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
         self.connected = asyncio.Event()
-        self._closed = False
         self.reconnects = 0
         self.published = 0
         self.publish_failures = 0
@@ -94,12 +96,21 @@ class RedisBus:
         ]
 
     async def close(self) -> None:
-        self._closed = True
+        # The loops check this flag as well as being cancelled: a call under
+        # them may eat the cancellation (asyncio.wait_for on Python 3.11 can,
+        # when what it waits for finishes at that moment; nodes were seen
+        # hanging on SIGTERM), and the wait is bounded.
+        self._closing = True
+        self._changed.set()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            done, running = await asyncio.wait(self._tasks, timeout=CLOSE_TIMEOUT_S)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    logger.error("Redis bus loop failed", exc_info=task.exception())
+            if running:
+                logger.warning("Redis bus: %d loops did not stop", len(running))
         await self._drop_pubsub()
         await self._publisher.aclose()
         await self._subscriber.aclose()
@@ -138,7 +149,7 @@ class RedisBus:
                 del self._waiters[channel]
 
     async def publish(self, channel: str, payload: bytes) -> None:
-        if self._closed:
+        if self._closing:
             # A socket closing with the node still publishes (its presence,
             # say); the pool would open a connection nobody closes.
             return
@@ -157,10 +168,12 @@ class RedisBus:
         """Bring Redis's subscriptions to what is wanted, in batches: a node
         that opens thousands of sockets sends a few commands, not one per
         channel."""
-        while True:
+        while not self._closing:
             await self._changed.wait()
             self._changed.clear()
             await self.connected.wait()
+            if self._closing:
+                return
             try:
                 await self._sync()
             except (RedisError, OSError) as exc:
@@ -186,7 +199,7 @@ class RedisBus:
     async def _run(self) -> None:
         backoff = Backoff(base_s=0.1, cap_s=5.0)
         first = True
-        while True:
+        while not self._closing:
             try:
                 await self._connect()
                 if not first:
@@ -203,6 +216,8 @@ class RedisBus:
                 if self.connected.is_set() or first:
                     logger.warning("Redis bus lost: %s", type(exc).__name__)
             self.connected.clear()
+            if self._closing:
+                break
             await self._drop_pubsub()
             await asyncio.sleep(backoff.next_delay())
 
@@ -226,7 +241,7 @@ class RedisBus:
         assert self._pubsub is not None
         skip = len(self.prefix)
         origin = self.origin
-        while True:
+        while not self._closing:
             message = await self._pubsub.get_message(timeout=READ_TIMEOUT_S)
             if message is None:
                 continue

@@ -99,3 +99,27 @@ async def test_reconnects_and_asks_for_catch_up(own_redis: OwnRedis) -> None:
     finally:
         await bus.close()
         await sender.close()
+
+
+async def test_close_returns_even_if_a_call_swallows_its_cancellation() -> None:
+    """Stopping a node does not hang on the bus when a library call under it
+    eats the cancellation (asyncio.wait_for on Python 3.11 can, when what it
+    waits for finishes at the moment it is cancelled)."""
+    await require_redis()
+    bus = RedisBus(REDIS_URL, lambda c, p: None, prefix=f"squall-test-{uuid.uuid4()}:")
+    entered = asyncio.Event()
+
+    async def swallowing_sync() -> None:
+        entered.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            return  # as if the call had finished at that very moment
+
+    bus._sync = swallowing_sync  # type: ignore[method-assign]
+    bus.start()
+    await asyncio.wait_for(bus.connected.wait(), 5)
+    bus.subscribe("conv:1")
+    await asyncio.wait_for(entered.wait(), 5)
+    await asyncio.wait_for(bus.close(), 10)
+    assert all(task.done() for task in bus._tasks)

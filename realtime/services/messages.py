@@ -71,7 +71,9 @@ _MARK_SEEN = (
     )
     .values(last_read_seq=bindparam("seq"), last_delivered_seq=bindparam("seq"))
 )
-_FIND_SENT = select(Message.id, Message.seq, Message.created_at).where(
+_FIND_SENT = select(
+    Message.id, Message.conversation_id, Message.seq, Message.created_at
+).where(
     Message.sender_id == bindparam("user"),
     Message.client_msg_id == bindparam("client_msg_id"),
 )
@@ -258,14 +260,27 @@ class MessageService:
             return (await self._store(conv_id, [send]))[0]
         except IntegrityError as exc:
             # A retry: (sender, client_msg_id) is stored already. The failed
-            # transaction gave back its seq; answer with the original.
+            # transaction gave back its seq; answer with the original, and
+            # announce it again: the node that stored it may have died
+            # between its commit and its publish, and then nothing else
+            # would tell the other nodes (they drop what they already have).
             try:
-                stored = await self._find_sent(send.user_id, send.params.client_msg_id)
+                found = await self._find_sent(send.user_id, send.params.client_msg_id)
+                if found is None:
+                    return exc
+                stored, stored_in = found
+                event = None
+                if stored_in == conv_id:
+                    event = await self._stored_event(conv_id, stored.seq)
             except Exception as lookup_exc:
                 return lookup_exc
-            return (stored, None) if stored is not None else exc
+            return stored, event
         except Exception as exc:
             return exc
+
+    async def _stored_event(self, conv_id: uuid.UUID, seq: int) -> StoredEvent | None:
+        page = await events_after(self.db, conv_id, seq - 1, 1)
+        return page[0] if page and page[0].seq == seq else None
 
     async def _store(
         self, conv_id: uuid.UUID, sends: Sequence[_Send]
@@ -339,13 +354,16 @@ class MessageService:
 
     async def _find_sent(
         self, user_id: uuid.UUID, client_msg_id: str
-    ) -> SendResult | None:
+    ) -> tuple[SendResult, uuid.UUID] | None:
+        """The message a sender stored under ``client_msg_id``, and its
+        conversation."""
         async with self.db.engine.connect() as conn:
             params = {"user": user_id, "client_msg_id": client_msg_id}
             row = (await conn.execute(_FIND_SENT, params)).first()
         if row is None:
             return None
-        return SendResult(message_id=row.id, seq=row.seq, created_at=row.created_at)
+        result = SendResult(message_id=row.id, seq=row.seq, created_at=row.created_at)
+        return result, row.conversation_id
 
     async def edit(self, user_id: uuid.UUID, params: EditParams) -> ChangeResult:
         await self.members.role_of(params.conversation_id, user_id)

@@ -4,15 +4,16 @@ Redis, each test under a Redis prefix of its own that is deleted after it."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from realtime.settings import Settings
+from tests.cluster.processes import Cluster, base_env, migrate
 from tests.conftest import TEST_SECRET, Running, _wipe, migrated_database, running_node
-from tests.services import REDIS_URL, require_redis
+from tests.services import REDIS_URL, require_redis, scratch_postgres
 
 
 @pytest.fixture(scope="session")
@@ -63,3 +64,41 @@ async def two_nodes(
             await running.node.hub.bus.connected.wait()  # type: ignore[attr-defined]
             assert bus.healthy
         yield a, b
+
+
+# Nodes in processes of their own.
+
+
+@pytest.fixture(scope="session")
+async def process_database(session_tmp: Path) -> AsyncIterator[str]:
+    """A scratch PostgreSQL database migrated by `squall migrate`."""
+    async with scratch_postgres() as url:
+        migrate(base_env(url, "", "squall:"), session_tmp)
+        yield url
+
+
+@pytest.fixture
+async def node_processes(
+    process_database: str, redis_prefix: str, tmp_path: Path
+) -> AsyncIterator[Cluster]:
+    """Start nodes with ``await node_processes.start(n)``; all are stopped
+    after the test, whatever happened."""
+    cluster = Cluster(base_env(process_database, REDIS_URL, redis_prefix), tmp_path)
+    try:
+        yield cluster
+    finally:
+        await cluster.stop()
+    hung = [node.name for node in cluster.nodes if node.hung]
+    assert not hung, f"nodes that did not exit on SIGTERM: {hung}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failure report quotes the stderr of the test's node processes."""
+    report = yield
+    cluster = getattr(item, "funcargs", {}).get("node_processes")
+    if report.failed and isinstance(cluster, Cluster) and cluster.nodes:
+        report.sections.append(("stderr of the squall nodes", cluster.logs()))
+    return report
