@@ -25,6 +25,6 @@ VOLUME ["/var/lib/squall"]
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
   CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz').status != 200)"
 
-# Migrating at start is safe with several replicas: Alembic takes the
-# version row in a transaction, and an up-to-date schema is a no-op.
+# Migrating at start is safe with several replicas: migrators take turns
+# on a PostgreSQL advisory lock, and an up-to-date schema is a no-op.
 CMD ["sh", "-c", "squall migrate && exec squall serve"]

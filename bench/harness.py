@@ -233,7 +233,7 @@ async def _pg_admin(sql: str) -> None:
         await conn.close()
 
 
-def _migrate(env: dict[str, str]) -> None:
+def migrate(env: dict[str, str]) -> None:
     migrated = subprocess.run(  # noqa: S603 - our own argv
         [str(SQUALL), "migrate"], env=env, capture_output=True, timeout=120, cwd=ROOT
     )
@@ -241,11 +241,9 @@ def _migrate(env: dict[str, str]) -> None:
         raise RuntimeError(f"migrate failed: {migrated.stderr.decode()[-2000:]}")
 
 
-@contextlib.asynccontextmanager
-async def squall_node(
-    config: NodeConfig, workdir: Path, name: str = "squall"
-) -> AsyncIterator[Node]:
-    """Migrate a fresh database and run ``squall serve`` on a free port."""
+def node_env(workdir: Path, name: str, log_level: str = "WARNING") -> dict[str, str]:
+    """The environment of a node under test: a fresh data directory, a new
+    secret, limits lifted."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SQUALL_")}
     env.update(
         SQUALL_DATA_DIR=str(workdir / "data"),
@@ -253,19 +251,37 @@ async def squall_node(
         SQUALL_AUTH_RATE_PER_MINUTE="1000000",
         SQUALL_WS_RATE_LIMITS=orjson.dumps(NO_LIMITS).decode(),
         SQUALL_ACCESS_TOKEN_TTL_S=str(24 * 3600),
-        SQUALL_LOG_LEVEL=config.log_level,
+        SQUALL_LOG_LEVEL=log_level,
         SQUALL_NODE_ID=name,
     )
+    return env
+
+
+async def scratch_postgres() -> tuple[str, str]:
+    """A new PostgreSQL database: its name (to drop) and its URL."""
+    database = f"squall_bench_{uuid.uuid4().hex[:10]}"
+    await _pg_admin(f'CREATE DATABASE "{database}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    return database, f"{base}/{database}"
+
+
+async def drop_postgres(database: str) -> None:
+    await _pg_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+@contextlib.asynccontextmanager
+async def squall_node(
+    config: NodeConfig, workdir: Path, name: str = "squall"
+) -> AsyncIterator[Node]:
+    """Migrate a fresh database and run ``squall serve`` on a free port."""
+    env = node_env(workdir, name, config.log_level)
     env.update(config.extra_env or {})
     database = None
     if config.database == "postgres":
-        database = f"squall_bench_{uuid.uuid4().hex[:10]}"
-        await _pg_admin(f'CREATE DATABASE "{database}"')
-        base = PG_ADMIN_URL.rsplit("/", 1)[0]
-        env["SQUALL_DATABASE_URL"] = f"{base}/{database}"
+        database, env["SQUALL_DATABASE_URL"] = await scratch_postgres()
     server = None
     try:
-        _migrate(env)
+        migrate(env)
         argv = [str(SQUALL), "serve", "--port", "0"]
         if config.probe:
             probe_dir = workdir / "probe"
@@ -284,7 +300,7 @@ async def squall_node(
             if code not in (0, None):
                 print(f"[{name}] exited {code}: {server.tail()}", file=sys.stderr)
         if database is not None:
-            await _pg_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            await drop_postgres(database)
 
 
 # Accounts.

@@ -60,6 +60,9 @@ class WsClient(asyncio.Protocol):
         self.is_open = False
         #: Frames that carried the marker, and other events.
         self.marked = 0
+        #: When set, the latency of each marked frame whose text starts
+        #: with ``t=<time.monotonic_ns() at sending>``, in nanoseconds.
+        self.latencies: list[int] | None = None
         self.other_events: dict[str, int] = {}
         self.close_code: int | None = None
         self._ids = itertools.count(1)
@@ -126,6 +129,8 @@ class WsClient(asyncio.Protocol):
             if opcode in (1, 2):
                 if data.find(marker, start, min(end, start + 64)) >= 0:
                     self.marked += 1
+                    if self.latencies is not None:
+                        self._stamp(data, start, end)
                 else:
                     self._on_value(data[start:end])
             elif opcode == 9:
@@ -138,6 +143,18 @@ class WsClient(asyncio.Protocol):
             pos = end
         if pos < size:
             self.tail = data[pos:]
+
+    def _stamp(self, data: bytes, start: int, end: int) -> None:
+        at = data.find(b'"text":"t=', start, end)
+        if at < 0:
+            return
+        at += 10
+        stop = at
+        while stop < end and 48 <= data[stop] <= 57:
+            stop += 1
+        if stop > at:
+            assert self.latencies is not None
+            self.latencies.append(time.monotonic_ns() - int(data[at:stop]))
 
     def _on_value(self, payload: bytes) -> None:
         value = orjson.loads(payload)
@@ -279,9 +296,10 @@ def _receiver_main(
     tokens: list[str],
     concurrency: int,
     marker: bytes,
+    samplers: int = 0,
 ) -> None:
     _raise_nofile()
-    asyncio.run(_receiver(conn, port, tokens, concurrency, marker))
+    asyncio.run(_receiver(conn, port, tokens, concurrency, marker, samplers))
 
 
 async def _receiver(
@@ -290,6 +308,7 @@ async def _receiver(
     tokens: list[str],
     concurrency: int,
     marker: bytes,
+    samplers: int = 0,
 ) -> None:
     """Hold sockets and answer the parent's commands: ``expect`` (wait until
     every socket has counted n marked frames), ``counts``, ``stop``."""
@@ -306,6 +325,8 @@ async def _receiver(
     loop.add_reader(conn.fileno(), readable)
     opened = await open_many("127.0.0.1", port, tokens, concurrency, marker=marker)
     clients = opened.clients
+    for client in clients[:samplers]:
+        client.latencies = []
     conn.send(
         (
             "ready",
@@ -332,6 +353,7 @@ async def _receiver(
             "other_events": other,
             "close_codes": sorted({c.close_code for c in clients if c.close_code}),
             "cpu": time.process_time(),
+            "latencies_ns": [n for c in clients for n in c.latencies or ()],
         }
 
     while True:
@@ -348,6 +370,11 @@ async def _receiver(
             conn.send(("counts", counts()))
         elif command[0] == "counts":
             conn.send(("counts", counts()))
+        elif command[0] == "reset":
+            for client in clients:
+                if client.latencies is not None:
+                    client.latencies.clear()
+            conn.send(("reset", {}))
         else:
             close_all(clients)
             await asyncio.sleep(0.2)
@@ -367,7 +394,10 @@ class Receivers:
         processes: int,
         concurrency: int = 50,
         marker: bytes = b'"message.new"',
+        samplers: int = 0,
     ) -> None:
+        """``samplers`` sockets (spread over the processes) also measure the
+        latency of each marked frame; see :meth:`WsClient._stamp`."""
         context = multiprocessing.get_context("spawn")
         self._conns: list[multiprocessing.connection.Connection] = []
         self._procs: list[Any] = []
@@ -376,7 +406,14 @@ class Receivers:
             mine, theirs = context.Pipe()
             proc = context.Process(
                 target=_receiver_main,
-                args=(theirs, port, list(tokens[i::processes]), concurrency, marker),
+                args=(
+                    theirs,
+                    port,
+                    list(tokens[i::processes]),
+                    concurrency,
+                    marker,
+                    samplers // processes + (i < samplers % processes),
+                ),
                 daemon=True,
             )
             proc.start()
@@ -412,6 +449,10 @@ class Receivers:
     async def counts(self, limit_s: float = 30) -> dict[str, Any]:
         return _merge(await self._ask(("counts",), limit_s))
 
+    async def reset_latencies(self, limit_s: float = 30) -> None:
+        """Forget the latencies measured so far (after a warm-up)."""
+        await self._ask(("reset",), limit_s)
+
     async def expect(self, count: int, limit_s: float) -> dict[str, Any]:
         """Wait until every socket has counted ``count`` marked frames (or
         the timeout passes); the merged counts."""
@@ -440,4 +481,5 @@ def _merge(answers: list[dict[str, Any]]) -> dict[str, Any]:
         "other_events": other,
         "close_codes": sorted({c for a in answers for c in a["close_codes"]}),
         "cpu": sum(a["cpu"] for a in answers),
+        "latencies_ns": [n for a in answers for n in a.get("latencies_ns", ())],
     }
