@@ -101,6 +101,14 @@ class Settings(BaseSettings):
         description="Prefix of every Redis channel and key, so that several "
         "clusters can share one Redis. Default `squall:`.",
     )
+    presence_ttl_s: float = Field(
+        default=15.0,
+        ge=0.3,
+        le=3600,
+        description="With Redis: how long a node's users stay online after its "
+        "last heartbeat. A node beats every third of this, so the users of a node "
+        "that died go offline within about 4/3 of it. Default 15 s.",
+    )
 
     # Tokens.
     jwt_algorithm: JwtAlgorithm = Field(
