@@ -37,12 +37,17 @@ class Presence:
         self._sockets: dict[uuid.UUID, int] = {}
         self._last_seen: OrderedDict[uuid.UUID, datetime] = OrderedDict()
 
-    def start(self) -> list[asyncio.Task[None]]:
-        """Background loops the owner cancels when the node stops."""
-        return []
+    def start(self) -> None:
+        """Start the background loops, if any; :meth:`close` stops them."""
 
     async def close(self) -> None:
         """Give up what this node holds; a node alone holds nothing outside."""
+
+    @property
+    def healthy(self) -> bool:
+        """Whether presence is shared with the cluster now (for readiness); a
+        node alone always is."""
+        return True
 
     async def connected(self, user_id: uuid.UUID) -> None:
         count = self._sockets.get(user_id, 0) + 1
@@ -105,11 +110,27 @@ class Presence:
 
 class Typing:
     """Typing indicators expire on their own: a client that vanishes while
-    typing does not leave everyone watching a spinner."""
+    typing does not leave everyone watching a spinner.
 
-    def __init__(self, publish: Publish, expiry_s: float = TYPING_EXPIRY_S) -> None:
+    The node that takes a ``start`` holds its timer and sends the ``stop``
+    when it lapses. In a cluster the ``stop`` may come through another node
+    (the user's other device) that never saw the ``start``; asking Redis
+    whether anyone did would put a round trip on every keystroke, so with
+    ``cluster`` set every ``stop`` is published. Clients treat a ``stop`` for
+    someone not typing as nothing, so the repeat that the first node's timer
+    sends later costs one small event.
+    """
+
+    def __init__(
+        self,
+        publish: Publish,
+        expiry_s: float = TYPING_EXPIRY_S,
+        *,
+        cluster: bool = False,
+    ) -> None:
         self._publish = publish
         self.expiry_s = expiry_s
+        self.cluster = cluster
         self._timers: dict[tuple[uuid.UUID, uuid.UUID], asyncio.TimerHandle] = {}
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -123,8 +144,8 @@ class Typing:
         if state == "start":
             loop = asyncio.get_running_loop()
             self._timers[key] = loop.call_later(self.expiry_s, self._expire, key)
-        elif timer is None:
-            return  # stop without start: nothing to tell anyone
+        elif timer is None and not self.cluster:
+            return  # stop without start: a node alone told no one of a start
         await self._send(conversation_id, user_id, state)
 
     def _expire(self, key: tuple[uuid.UUID, uuid.UUID]) -> None:

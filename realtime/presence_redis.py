@@ -21,12 +21,12 @@ socket's coroutine: changes mark the user dirty and one writer task brings
 Redis to this node's counts, so a slow or absent Redis never holds up a
 socket, and the writes of one node are applied in order.
 
-A node beats every third of its TTL. Every node looks for nodes whose
-deadline has passed and reaps them in batches: a batch removes users from
-the dead node's set and its field from their hashes in one script, and
-returns those who went offline, so each offline event has one publisher
-even if two reapers race. A short lock per dead node keeps the other
-nodes from doing the same work meanwhile.
+A node beats every third of its TTL. Every node looks as often for nodes
+whose deadline has passed and reaps them in batches: a batch removes users
+from the dead node's set and its field from their hashes in one script,
+and returns those who went offline, so each offline event has one
+publisher even if two reapers race. A short lock per dead node keeps the
+other nodes from doing the same work meanwhile.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ import contextlib
 import logging
 import secrets
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -57,15 +57,18 @@ logger = logging.getLogger(__name__)
 SEEN_TTL_MS = 30 * 24 * 3600 * 1000
 #: Users per pipeline or reap script: bounds one script's time in Redis.
 BATCH = 500
-#: Longest ``presence.get`` waits for Redis before answering from this
-#: node's own view.
-GET_TIMEOUT_S = 1.0
+#: Longest one Redis call may take (connecting, or waiting for a reply);
+#: past it, ``presence.get`` answers from this node's own view. A socket
+#: timeout rather than a cancel: the Redis client can lose a cancel.
+COMMAND_TIMEOUT_S = 1.0
 #: Longest a stopping node spends taking its users offline itself.
 CLOSE_TIMEOUT_S = 3.0
-#: Dead nodes reaped per look, the rest on the next beat.
+#: Dead nodes reaped per look, the rest on the next look.
 REAP_LOOK = 16
+#: How long a stopping node waits for its loops before cancelling again.
+STOP_RETRY_S = 0.1
 
-_NOW = """
+_LIB = """
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -85,7 +88,7 @@ end
 # KEYS nodes; ARGV node, ttl_ms. 1 when the node was unknown or overdue, so
 # that Redis may have lost what it wrote, or a reaper may have taken it.
 _BEAT = (
-    _NOW
+    _LIB
     + """
 local now = now_ms()
 local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -96,20 +99,20 @@ return 0
 )
 
 # KEYS nodes, node set, user hash; ARGV node, user, '1' online / '0' not,
-# seen_ttl. Online: -1 if the node is not registered (it was reaped, and
-# must register again first), 1 if the user came online, else 0. Offline:
-# the time the user went offline, else 0.
+# seen_ttl. Online: -1 if the node is unknown or overdue (a reaper may be
+# taking its users: it must beat again first), 1 if the user came online,
+# else 0. Offline: the time the user went offline, else 0.
 _SET = (
-    _NOW
+    _LIB
     + """
 if ARGV[3] == '1' then
-  if redis.call('ZSCORE', KEYS[1], ARGV[1]) == false then return -1 end
+  local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
+  if deadline == false or tonumber(deadline) < now_ms() then return -1 end
   redis.call('SADD', KEYS[2], ARGV[2])
-  local before = redis.call('HLEN', KEYS[3]) - redis.call('HEXISTS', KEYS[3], 'seen')
-  if redis.call('HSETNX', KEYS[3], ARGV[1], '1') == 0 or before > 0 then
+  if redis.call('HSETNX', KEYS[3], ARGV[1], '1') == 0 then return 0 end
+  if redis.call('HDEL', KEYS[3], 'seen') == 0 and redis.call('HLEN', KEYS[3]) > 1 then
     return 0
   end
-  redis.call('HDEL', KEYS[3], 'seen')
   redis.call('PERSIST', KEYS[3])
   return 1
 end
@@ -120,7 +123,7 @@ return gone(KEYS[3], ARGV[1], ARGV[4])
 
 # KEYS nodes; ARGV limit. Nodes whose deadline has passed.
 _EXPIRED = (
-    _NOW
+    _LIB
     + """
 local before = string.format('(%d', now_ms())
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', before, 'LIMIT', 0, ARGV[1])
@@ -132,7 +135,7 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', before, 'LIMIT', 0, ARGV[1])
 # offline; status 0 when the node is gone for good, 1 when users remain, 2
 # when the node beat again meanwhile (it re-registers its users itself).
 _REAP = (
-    _NOW
+    _LIB
     + """
 local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if deadline == false or tonumber(deadline) >= now_ms() then return {2} end
@@ -154,6 +157,8 @@ return out
 """
 )
 
+_REDIS_TROUBLE = (RedisError, OSError)
+
 
 class RedisPresence(Presence):
     """Cluster-wide presence; this node's counts are kept as its local view,
@@ -170,6 +175,7 @@ class RedisPresence(Presence):
     ) -> None:
         super().__init__(publish)
         self.node = f"{node_id}/{secrets.token_hex(4)}"
+        self._node_field = self.node.encode()
         self.ttl_s = ttl_s
         self._keys = f"{prefix}{{presence}}:"
         self._nodes_key = self._keys + "nodes"
@@ -177,8 +183,8 @@ class RedisPresence(Presence):
         # loops here do the longer waiting.
         self._redis = aioredis.from_url(
             url,
-            socket_timeout=2.0,
-            socket_connect_timeout=2.0,
+            socket_timeout=COMMAND_TIMEOUT_S,
+            socket_connect_timeout=COMMAND_TIMEOUT_S,
             retry=Retry(NoBackoff(), 1),
         )
         self._beat = self._redis.register_script(_BEAT)
@@ -214,6 +220,7 @@ class RedisPresence(Presence):
 
     @property
     def healthy(self) -> bool:
+        """False from a failed Redis call until the next one succeeds."""
         return not self._failing
 
     def _node_key(self, node: str) -> str:
@@ -224,13 +231,13 @@ class RedisPresence(Presence):
 
     # Life cycle.
 
-    def start(self) -> list[asyncio.Task[None]]:
+    def start(self) -> None:
         self._tasks = [
-            asyncio.ensure_future(self._write_loop()),
-            asyncio.ensure_future(self._beat_loop()),
+            asyncio.ensure_future(self._keep(self._write_loop)),
+            asyncio.ensure_future(self._keep(self._beat_loop)),
+            asyncio.ensure_future(self._keep(self._reap_loop)),
         ]
         self._wake.set()
-        return list(self._tasks)
 
     async def close(self) -> None:
         """Stop the loops and take this node's users offline at once, rather
@@ -240,10 +247,10 @@ class RedisPresence(Presence):
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 await self._redis.zadd(self._nodes_key, {self.node: 0})
                 await self._reap(self.node)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (*_REDIS_TROUBLE, TimeoutError) as exc:
             logger.warning(
                 "presence: could not deregister node %s (%s); others reap it "
-                "within %.0f s",
+                "within %.1f s",
                 self.node,
                 type(exc).__name__,
                 self.ttl_s * 4 / 3,
@@ -253,12 +260,27 @@ class RedisPresence(Presence):
     async def stop(self) -> None:
         """Stop the loops and leave Redis as it is, the way a node that
         crashed would."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        tasks, self._tasks = self._tasks, []
+        # The Redis client can lose a cancel that lands while a command's
+        # reply is being taken (the command then returns as if nothing had
+        # happened): cancel again until every loop has ended.
+        while pending := [task for task in tasks if not task.done()]:
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=STOP_RETRY_S)
+
+    async def _keep(self, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run a loop again after a bug in it, so that presence does not
+        stop for the rest of the node's life."""
+        while True:
+            try:
+                await loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("presence: %s failed; restarting it", loop.__name__)
+                self._resync = True
+                await asyncio.sleep(self.ttl_s / 3)
 
     # Flips of this node's counts: only marked here, written by the writer.
 
@@ -282,16 +304,31 @@ class RedisPresence(Presence):
             self.local_answers += 1
             return self.local_view(users)
         try:
-            async with asyncio.timeout(GET_TIMEOUT_S):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for user in users:
-                        pipe.hgetall(self._user_key(user))
-                    hashes = await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as exc:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for user in users:
+                    pipe.hgetall(self._user_key(user))
+                hashes = await pipe.execute()
+        except _REDIS_TROUBLE as exc:
             self._trouble("read", exc)
             self.local_answers += 1
             return self.local_view(users)
-        return [_presence_of(user, fields) for user, fields in zip(users, hashes)]
+        return [
+            self._merge(user, fields)
+            for user, fields in zip(users, hashes, strict=True)
+        ]
+
+    def _merge(self, user: uuid.UUID, fields: dict[bytes, bytes]) -> PresenceOut:
+        """Redis for the other nodes, this node's counts for itself: they are
+        ahead of what the writer has brought to Redis yet."""
+        elsewhere = any(f not in (b"seen", self._node_field) for f in fields)
+        if elsewhere or user in self._sockets:
+            return PresenceOut(user_id=user, online=True, last_seen_at=None)
+        times = [self._last_seen[user]] if user in self._last_seen else []
+        if b"seen" in fields:
+            times.append(_from_ms(int(fields[b"seen"])))
+        return PresenceOut(
+            user_id=user, online=False, last_seen_at=max(times) if times else None
+        )
 
     # The writer: Redis follows this node's counts.
 
@@ -302,7 +339,7 @@ class RedisPresence(Presence):
             self._wake.clear()
             try:
                 await self._flush()
-            except (RedisError, OSError) as exc:
+            except _REDIS_TROUBLE as exc:
                 self._trouble("write", exc)
                 await asyncio.sleep(backoff.next_delay())
                 self._wake.set()
@@ -323,9 +360,9 @@ class RedisPresence(Presence):
             except BaseException:
                 self._dirty.update(batch)
                 raise
-            for user, came, result in zip(batch, online, results):
+            for user, came, result in zip(batch, online, results, strict=True):
                 if result == -1:
-                    # Reaped while it could not beat: register, then again.
+                    # Overdue or reaped: beat and register, then again.
                     self._resync = True
                     self._dirty.add(user)
                 elif result and came:
@@ -338,7 +375,7 @@ class RedisPresence(Presence):
             return []
         node_key = self._node_key(self.node)
         async with self._redis.pipeline(transaction=False) as pipe:
-            for user, came in zip(users, online):
+            for user, came in zip(users, online, strict=True):
                 await self._set(
                     keys=[self._nodes_key, node_key, self._user_key(user)],
                     args=[self.node, str(user), "1" if came else "0", SEEN_TTL_MS],
@@ -352,10 +389,14 @@ class RedisPresence(Presence):
         does not (a write lost with its reply)."""
         await self._beat(keys=[self._nodes_key], args=[self.node, self._ttl_ms])
         held = await self._redis.smembers(self._node_key(self.node))
-        self._dirty.update(self._sockets)
-        self._dirty.update(u for u in _uuids(held) if u not in self._sockets)
         self._resync = False
         self.resyncs += 1
+        self._dirty.update(self._sockets)
+        for raw in held:
+            with contextlib.suppress(ValueError):
+                user = uuid.UUID(_text(raw))
+                if user not in self._sockets:
+                    self._dirty.add(user)
 
     # Heartbeat and reaping.
 
@@ -364,12 +405,18 @@ class RedisPresence(Presence):
         return int(self.ttl_s * 1000)
 
     async def _beat_loop(self) -> None:
+        """Beat every third of the TTL, on a schedule that nothing else this
+        node does can delay: a node that beats late is reaped."""
         loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
             try:
                 overdue = await self._beat(
                     keys=[self._nodes_key], args=[self.node, self._ttl_ms]
                 )
+            except _REDIS_TROUBLE as exc:
+                self._trouble("heartbeat", exc)
+            else:
                 if overdue and not self._resync:
                     logger.warning(
                         "presence: node %s missed its heartbeat; re-registering",
@@ -381,16 +428,23 @@ class RedisPresence(Presence):
                 self._recovered()
                 if self._reap_from is None:
                     self._reap_from = loop.time() + self.ttl_s
-                elif loop.time() >= self._reap_from:
-                    await self._reap_dead()
-            except (RedisError, OSError) as exc:
-                self._trouble("heartbeat", exc)
+            await asyncio.sleep(max(0.0, started + self.ttl_s / 3 - loop.time()))
+
+    async def _reap_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
             await asyncio.sleep(self.ttl_s / 3)
+            if self._reap_from is None or loop.time() < self._reap_from:
+                continue
+            try:
+                await self._reap_dead()
+            except _REDIS_TROUBLE as exc:
+                self._trouble("reap", exc)
 
     async def _reap_dead(self) -> None:
         dead = await self._expired(keys=[self._nodes_key], args=[REAP_LOOK])
         for raw in dead:
-            node = raw.decode()
+            node = _text(raw)
             if node == self.node:
                 continue  # late, not dead: the next beat says so
             lock = f"{self._keys}reap:{node}"
@@ -406,14 +460,19 @@ class RedisPresence(Presence):
         those who have no other node."""
         node_key = self._node_key(node)
         while True:
-            users = [u.decode() for u in await self._redis.srandmember(node_key, BATCH)]
-            out = await self._reap_batch(
+            # With a count, SRANDMEMBER answers a list.
+            members = cast(
+                "list[bytes]", await self._redis.srandmember(node_key, BATCH)
+            )
+            users = [_text(u) for u in members]
+            out: list[Any] = await self._reap_batch(
                 keys=[self._nodes_key, node_key, *map(self._user_key, users)],
                 args=[node, SEEN_TTL_MS, *users],
             )
             for i in range(1, len(out), 2):
                 self.reaped_users += 1
-                await self._announce(uuid.UUID(out[i].decode()), _from_ms(out[i + 1]))
+                user = uuid.UUID(_text(out[i]))
+                await self._announce(user, _from_ms(int(out[i + 1])))
             if out[0] != 1:
                 return
 
@@ -439,22 +498,9 @@ class RedisPresence(Presence):
             logger.info("presence: Redis is back; re-registering this node's users")
 
 
-def _presence_of(user: uuid.UUID, fields: dict[bytes, bytes]) -> PresenceOut:
-    seen = fields.get(b"seen")
-    # While any node holds the user there is no `seen` field.
-    online = bool(fields) and seen is None
-    return PresenceOut(
-        user_id=user,
-        online=online,
-        last_seen_at=_from_ms(int(seen)) if seen is not None and not online else None,
-    )
-
-
 def _from_ms(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
-def _uuids(values: Iterable[bytes]) -> Iterable[uuid.UUID]:
-    for value in values:
-        with contextlib.suppress(ValueError):
-            yield uuid.UUID(value.decode())
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

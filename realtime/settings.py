@@ -106,8 +106,9 @@ class Settings(BaseSettings):
         ge=0.3,
         le=3600,
         description="With Redis: how long a node's users stay online after its "
-        "last heartbeat. A node beats every third of this, so the users of a node "
-        "that died go offline within about 4/3 of it. Default 15 s.",
+        "last heartbeat. A node beats every third of this and looks for dead "
+        "nodes as often, so the users of a node that died go offline within 4/3 "
+        "of it; shorter costs more beats. Default 15 s.",
     )
 
     # Tokens.

@@ -4,16 +4,14 @@ from storage when its connection to Redis comes back."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from realtime.redis_bus import RedisBus
-from tests.services import REDIS_URL, require_redis
+from tests.services import REDIS_URL, RedisServer, require_redis
 
 
 async def _until(condition: object, timeout: float = 5.0) -> None:
@@ -62,52 +60,18 @@ async def test_events_cross_nodes_only_where_subscribed() -> None:
         await b.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
-def own_redis(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A redis-server of this test's own, on a spare loopback port."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    port = _free_port()
-
-    def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(tmp_path),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    procs = [start()]
-    yield port, procs, start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=10)
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
 
 
-async def test_reconnects_and_asks_for_catch_up(own_redis) -> None:  # type: ignore[no-untyped-def]
+async def test_reconnects_and_asks_for_catch_up(own_redis: RedisServer) -> None:
     """After Redis restarts, the bus resubscribes on its own and tells the
     node to catch up from storage."""
-    port, procs, start = own_redis
-    url = f"redis://127.0.0.1:{port}/0"
+    url = own_redis.url
     caught_up = asyncio.Event()
     got: list[bytes] = []
     bus = RedisBus(url, lambda c, p: got.append(p), on_reconnected=caught_up.set)
@@ -117,10 +81,9 @@ async def test_reconnects_and_asks_for_catch_up(own_redis) -> None:  # type: ign
     bus.start()
     await asyncio.wait_for(bus.connected.wait(), 10)
     try:
-        procs[0].kill()
-        procs[0].wait(timeout=10)
+        own_redis.kill()
         await _until(lambda: not bus.connected.is_set(), 10)
-        procs.append(start())
+        own_redis.start()
         await asyncio.wait_for(caught_up.wait(), 15)
         assert bus.reconnects == 1
         await sender.publish("conv:x", b"after")
