@@ -261,9 +261,9 @@ class RedisPresence(Presence):
         """Stop the loops and leave Redis as it is, the way a node that
         crashed would."""
         tasks, self._tasks = self._tasks, []
-        # The Redis client can lose a cancel that lands while a command's
-        # reply is being taken (the command then returns as if nothing had
-        # happened): cancel again until every loop has ended.
+        # The Redis client can lose a cancel that lands during a command
+        # (the command returns as if none had come, and the loop goes on):
+        # cancel again until every loop has ended.
         while pending := [task for task in tasks if not task.done()]:
             for task in pending:
                 task.cancel()
