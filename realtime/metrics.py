@@ -41,6 +41,7 @@ from prometheus_client.registry import Collector
 
 from protocol.close_codes import CloseCode
 from protocol.methods import METHODS
+from realtime.presence_redis import RedisPresence
 
 if TYPE_CHECKING:
     from realtime.node import Node
@@ -211,6 +212,34 @@ class _NodeCollector(Collector):
             "Repairs from storage after the bus came back.",
             node.cluster.resyncs,
         )
+
+        presence = node.presence
+        yield _gauge(
+            "squall_presence_up",
+            "1 while presence is shared with the other nodes (always, alone).",
+            1 if presence.healthy else 0,
+        )
+        if isinstance(presence, RedisPresence):
+            yield _counter(
+                "squall_presence_redis_errors",
+                "Presence reads and writes that Redis refused.",
+                presence.redis_errors,
+            )
+            yield _counter(
+                "squall_presence_resyncs",
+                "Times this node wrote all its users to Redis again.",
+                presence.resyncs,
+            )
+            yield _counter(
+                "squall_presence_reaped_nodes",
+                "Nodes that stopped beating whose users this node took offline.",
+                presence.reaped_nodes,
+            )
+            yield _counter(
+                "squall_presence_reaped_users",
+                "Users taken offline because their node stopped beating.",
+                presence.reaped_users,
+            )
 
         yield _gauge(
             "squall_rest_requests_in_flight",

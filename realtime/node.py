@@ -14,6 +14,7 @@ from realtime.cluster import ClusterLink, SharedMemberCache
 from realtime.hub import Hub
 from realtime.metrics import NodeMetrics
 from realtime.presence import Presence, Typing
+from realtime.presence_redis import RedisPresence
 from realtime.ratelimit import KeyedLimiter
 from realtime.redis_bus import RedisBus
 from realtime.security.tokens import TokenCodec
@@ -79,6 +80,8 @@ class Node:
         for task in self.background:
             task.cancel()
         self.typing.close()
+        # Before the bus: taking this node's users offline publishes events.
+        await self.presence.close()
         await self.hub.bus.close()
         await self.db.close()
 
@@ -98,6 +101,11 @@ async def build_node(settings: Settings, *, check_schema: bool = True) -> Node:
 
     hub = Hub(fetch, settings.ws_batch_window_ms / 1000.0)
     members = SharedMemberCache(db)
+    presence = (
+        RedisPresence.from_settings(settings, hub.publish)
+        if settings.redis_url
+        else Presence(hub.publish)
+    )
     conversations = ConversationService(db, members, hub.publish)
     node = Node(
         settings=settings,
@@ -109,8 +117,8 @@ async def build_node(settings: Settings, *, check_schema: bool = True) -> Node:
         conversations=conversations,
         messages=MessageService(db, members, conversations, hub.publish),
         hub=hub,
-        presence=Presence(hub.publish),
-        typing=Typing(hub.publish),
+        presence=presence,
+        typing=Typing(hub.publish, cluster=bool(settings.redis_url)),
         blobs=blobs,
         auth_limiter=KeyedLimiter(rate=per_minute / 60.0, burst=per_minute),
         connections=Sockets(settings.ws_ping_interval_s),
@@ -129,4 +137,5 @@ async def build_node(settings: Settings, *, check_schema: bool = True) -> Node:
         hub.attach(bus)
         bus.start()
     node.cluster.start()
+    presence.start()
     return node

@@ -168,8 +168,8 @@ async def _typing(call: Call, p: chat.TypingParams) -> chat.Ok:
 @method("presence.get")
 async def _presence(call: Call, p: chat.PresenceParams) -> chat.PresenceResult:
     if call.session is not None:
-        call.session.watch_presence(p.user_ids)
-    return chat.PresenceResult(presence=call.node.presence.get(p.user_ids))
+        await call.session.watch_presence(p.user_ids)
+    return chat.PresenceResult(presence=await call.node.presence.get(p.user_ids))
 
 
 @method("sync")

@@ -238,9 +238,13 @@ class Session:
     def on_gap(self, key: str, cursor: int, seq: int) -> None:
         log.debug(self.conn_id, "behind on %s: %d..%d", key, cursor, seq)
 
-    def watch_presence(self, user_ids: list[uuid.UUID]) -> None:
+    async def watch_presence(self, user_ids: list[uuid.UUID]) -> None:
+        """Watch the users' presence channels. Returns once the new ones are
+        subscribed (on a cluster, confirmed by Redis), so that a flip after
+        the caller reads presence arrives as an event."""
         if self._watched is None:
             self._watched = set()
+        added: list[str] = []
         for user_id in user_ids:
             if len(self._watched) >= MAX_PRESENCE_WATCH:
                 break
@@ -248,6 +252,9 @@ class Session:
             if channel not in self._watched:
                 self._watched.add(channel)
                 self.node.hub.subscribe(channel, self)
+                added.append(channel)
+        if added:
+            await asyncio.gather(*(self.node.hub.subscribed(c) for c in added))
 
     # Events from the hub.
 

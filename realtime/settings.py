@@ -101,6 +101,15 @@ class Settings(BaseSettings):
         description="Prefix of every Redis channel and key, so that several "
         "clusters can share one Redis. Default `squall:`.",
     )
+    presence_ttl_s: float = Field(
+        default=15.0,
+        ge=0.3,
+        le=3600,
+        description="With Redis: how long a node's users stay online after its "
+        "last heartbeat. A node beats every third of this and looks for dead "
+        "nodes as often, so the users of a node that died go offline within 4/3 "
+        "of it; shorter costs more beats. Default 15 s.",
+    )
 
     # Tokens.
     jwt_algorithm: JwtAlgorithm = Field(

@@ -43,14 +43,15 @@ class Readiness(BaseModel):
 
     ready: bool
     checks: dict[str, str] = Field(
-        description="`storage` and `bus`: `ok` or `unreachable`; "
+        description="`storage`, `bus` and `presence`: `ok` or `unreachable`; "
         "`draining`: `no` or `yes`."
     )
 
 
 class ReadyHandler(ApiHandler):
     """The node can serve: storage answers, the bus reaches the other nodes
-    (always, for a node alone), and it is not draining."""
+    and presence is shared with them (always, for a node alone), and it is
+    not draining."""
 
     async def get(self) -> None:
         node = self.node
@@ -58,6 +59,7 @@ class ReadyHandler(ApiHandler):
         checks = {
             "storage": await self._storage(),
             "bus": "ok" if node.hub.bus.healthy else "unreachable",
+            "presence": "ok" if node.presence.healthy else "unreachable",
         }
         ready = all(v == "ok" for v in checks.values()) and not node.draining
         checks["draining"] = "yes" if node.draining else "no"

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import shutil
-import socket
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,7 +21,7 @@ from realtime.settings import Settings
 from realtime.storage.migrate import upgrade_async
 from realtime.storage.models import Base
 
-from .services import scratch_postgres, unavailable
+from .services import RedisServer, scratch_postgres
 
 ENGINES = ["sqlite", "postgres"]
 TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
@@ -168,69 +165,11 @@ def error_code(response: httpx.Response) -> str:
     return code
 
 
-# A Redis server of a test's own, for tests that stop and restart it: the
-# shared one on 6379 is never touched.
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class OwnRedis:
-    """A redis-server on a spare loopback port, that a test may kill and
-    start again on the same port."""
-
-    binary: str
-    port: int
-    workdir: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        assert self.process is None or self.process.poll() is not None
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-
-
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    """A started :class:`OwnRedis`, stopped after the test whatever happens."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        unavailable("redis-server is not installed")
-        raise AssertionError("unreachable")
-    server = OwnRedis(binary, free_port(), tmp_path)
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A started redis-server of the test's own, stopped after the test
+    whatever happens."""
+    server = RedisServer(tmp_path)
     server.start()
     try:
         yield server

@@ -4,10 +4,16 @@ CI=true it fails them, since CI always has both."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
+import socket
+import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -63,3 +69,82 @@ async def require_redis() -> None:
         unavailable(f"Redis unreachable at {REDIS_URL}: {exc}")
     finally:
         await client.aclose()
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (as of now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A redis-server of one test's own, on a spare loopback port, for the
+    tests that kill and restart Redis (never the shared one). Without
+    persistence: a restart comes back empty, as after losing the data."""
+
+    def __init__(self, directory: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            unavailable("redis-server is not installed")
+            raise AssertionError("unreachable")
+        self._binary = binary
+        self._dir = directory
+        self.port = free_port()
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self._procs.append(
+            subprocess.Popen(
+                [
+                    self._binary,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self._dir),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+
+    async def ready(self, limit_s: float = 10.0) -> None:
+        """Until it answers a PING (bounded)."""
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(self.url, socket_connect_timeout=1)
+        deadline = time.monotonic() + limit_s
+        try:
+            while True:
+                try:
+                    await client.ping()
+                    return
+                except (OSError, aioredis.RedisError):  # type: ignore[attr-defined]
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+
+    def kill(self) -> None:
+        """Stop it the hard way, as a crash would."""
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=10)

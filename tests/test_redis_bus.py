@@ -7,8 +7,7 @@ import asyncio
 import uuid
 
 from realtime.redis_bus import RedisBus
-from tests.conftest import OwnRedis
-from tests.services import REDIS_URL, require_redis
+from tests.services import REDIS_URL, RedisServer, require_redis
 
 
 async def _until(condition: object, timeout: float = 5.0) -> None:
@@ -76,7 +75,7 @@ async def test_nothing_is_published_once_closed() -> None:
     )
 
 
-async def test_reconnects_and_asks_for_catch_up(own_redis: OwnRedis) -> None:
+async def test_reconnects_and_asks_for_catch_up(own_redis: RedisServer) -> None:
     """After Redis restarts, the bus resubscribes on its own and tells the
     node to catch up from storage."""
     url = own_redis.url

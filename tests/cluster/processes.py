@@ -14,9 +14,7 @@ import asyncio
 import contextlib
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,8 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from tests.conftest import TEST_SECRET, User
 
@@ -45,12 +41,6 @@ NO_LIMITS = (
     '{"default": [10000, 10000], "read": [10000, 10000], "write": [10000, 10000],'
     ' "receipt": [10000, 10000], "typing": [10000, 10000]}'
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def base_env(database_url: str, redis_url: str, prefix: str) -> dict[str, str]:
@@ -246,64 +236,3 @@ class Cluster:
             r = await http.post(f"/v1/rpc/{method}", json=params)
         assert r.status_code == 200, r.text
         return r.json()
-
-
-class RedisServer:
-    """A redis-server of the test's own on a spare loopback port, which the
-    test may stop and start again on the same port."""
-
-    def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server")
-        assert binary is not None, "redis-server is not installed"
-        self.binary = binary
-        self.workdir = workdir
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def _launch(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    async def start(self, limit_s: float = 10.0) -> None:
-        """Start it (again, on the same port) and wait until it answers."""
-        self.proc = self._launch()
-        client = aioredis.from_url(self.url, socket_connect_timeout=1)
-        deadline = time.monotonic() + limit_s
-        try:
-            while True:
-                try:
-                    await client.ping()
-                    return
-                except (RedisError, OSError):
-                    if self.proc.poll() is not None or time.monotonic() > deadline:
-                        raise
-                    await asyncio.sleep(POLL_S)
-        finally:
-            await client.aclose()
-
-    async def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        if await _poll_exit(self.proc, 10) is None:
-            self.proc.kill()
-            await _poll_exit(self.proc, 5)

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from realtime.settings import Settings
-from tests.conftest import TEST_SECRET, OwnRedis, Running, running_node
+from tests.conftest import TEST_SECRET, Running, running_node
 from tests.scrape import scrape, value
+from tests.services import RedisServer
 
 
 async def _ready(node: Running) -> tuple[int, dict[str, Any]]:
@@ -31,7 +32,7 @@ async def _until_ready(node: Running, status: int, timeout: float) -> dict[str, 
 
 
 async def test_ready_follows_the_bus(
-    cluster_database: str, own_redis: OwnRedis, tmp_path: Path
+    cluster_database: str, own_redis: RedisServer, tmp_path: Path
 ) -> None:
     settings = Settings(
         database_url=cluster_database,
