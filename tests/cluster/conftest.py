@@ -4,15 +4,23 @@ Redis, each test under a Redis prefix of its own that is deleted after it."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
+from protocol.client import SquallClient
 from realtime.settings import Settings
 from tests.cluster.processes import Cluster, base_env, migrate
-from tests.conftest import TEST_SECRET, Running, _wipe, migrated_database, running_node
+from tests.conftest import (
+    TEST_SECRET,
+    Running,
+    User,
+    _wipe,
+    migrated_database,
+    running_node,
+)
 from tests.services import REDIS_URL, require_redis, scratch_postgres
 
 
@@ -102,3 +110,35 @@ def pytest_runtest_makereport(
     if report.failed and isinstance(cluster, Cluster) and cluster.nodes:
         report.sections.append(("stderr of the squall nodes", cluster.logs()))
     return report
+
+
+def ws_url(node: Running) -> str:
+    return node.base_url.replace("http", "ws", 1) + "/v1/ws"
+
+
+Connect = Callable[..., Awaitable[SquallClient]]
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Connect]:
+    """``connect(where, user, **options)``: a connected reference client,
+    closed after the test. ``where`` is a node (the client then does not
+    reconnect, unless told to) or a list of URLs (it does, by default)."""
+    clients: list[SquallClient] = []
+
+    async def make(
+        where: Running | list[str], user: User, **options: object
+    ) -> SquallClient:
+        if isinstance(where, Running):
+            options.setdefault("reconnect", False)
+            urls: str | list[str] = ws_url(where)
+        else:
+            urls = where
+        client = SquallClient(urls, user.access, **options)  # type: ignore[arg-type]
+        clients.append(client)
+        await client.connect()
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()

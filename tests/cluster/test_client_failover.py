@@ -8,15 +8,16 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from protocol.backoff import Backoff
-from protocol.client import Closed, Disconnected, SquallClient
+from protocol.client import Closed, Disconnected
 from protocol.close_codes import CloseCode
-from tests.conftest import Running, User, register_and_login
+from tests.cluster.conftest import Connect, ws_url
+from tests.conftest import Running, register_and_login
 
 pytestmark = pytest.mark.postgres
 
@@ -28,28 +29,6 @@ class SteadyBackoff(Backoff):
     def next_delay(self, rng: random.Random | None = None) -> float:
         self.attempt += 1
         return 0.3
-
-
-def ws_url(node: Running) -> str:
-    return node.base_url.replace("http", "ws", 1) + "/v1/ws"
-
-
-Connect = Callable[..., Awaitable[SquallClient]]
-
-
-@pytest.fixture
-async def connect() -> AsyncIterator[Connect]:
-    clients: list[SquallClient] = []
-
-    async def make(urls: list[str], user: User, **kwargs: Any) -> SquallClient:
-        client = SquallClient(urls, user.access, **kwargs)
-        clients.append(client)
-        await client.connect()
-        return client
-
-    yield make
-    for client in clients:
-        await client.close()
 
 
 async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:

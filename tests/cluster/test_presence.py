@@ -5,36 +5,19 @@ on another."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from protocol.client import SquallClient
-from tests.cluster.conftest import cluster_settings
+from tests.cluster.conftest import Connect, cluster_settings
 from tests.conftest import Running, User, _wipe, register_and_login, running_node
 
 pytestmark = pytest.mark.postgres
 
-Connect = Callable[[Running, User], Awaitable[SquallClient]]
 Event = dict[str, Any]
-
-
-@pytest.fixture
-async def connect() -> AsyncIterator[Connect]:
-    clients: list[SquallClient] = []
-
-    async def make(node: Running, user: User) -> SquallClient:
-        url = node.base_url.replace("http", "ws", 1) + "/v1/ws"
-        client = SquallClient(url, user.access, reconnect=False)
-        clients.append(client)
-        await client.connect()
-        return client
-
-    yield make
-    for client in clients:
-        await client.close()
 
 
 @pytest.fixture

@@ -5,34 +5,16 @@ socket gets each seq once, in order, whichever node its sender used."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from protocol.client import Closed, RpcError, SquallClient
 from protocol.close_codes import CloseCode
+from tests.cluster.conftest import Connect
 from tests.conftest import Running, User, register_and_login
 from tests.scrape import scrape, value
 
 pytestmark = pytest.mark.postgres
-
-Connect = Callable[[Running, User], Awaitable[SquallClient]]
-
-
-@pytest.fixture
-async def connect() -> AsyncIterator[Connect]:
-    clients: list[SquallClient] = []
-
-    async def make(node: Running, user: User) -> SquallClient:
-        url = node.base_url.replace("http", "ws", 1) + "/v1/ws"
-        client = SquallClient(url, user.access, reconnect=False)
-        clients.append(client)
-        await client.connect()
-        return client
-
-    yield make
-    for client in clients:
-        await client.close()
 
 
 async def _group(client: SquallClient, members: list[User]) -> str:
