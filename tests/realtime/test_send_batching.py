@@ -301,12 +301,11 @@ async def test_two_nodes_sending_to_one_conversation_share_its_seqs(
     assert await room.check_log() == 41
 
 
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 async def test_a_send_survives_lost_database_connections(
     room: Room, caplog: pytest.LogCaptureFixture
 ) -> None:
     """As after a PostgreSQL restart: every pooled connection is gone."""
-    if room.app.node.db.is_sqlite:
-        pytest.skip("a PostgreSQL restart")
     await room.send(room.senders[0], "before")
     admin = await asyncpg.connect(room.app.settings.database_url)
     try:
