@@ -6,6 +6,11 @@
   may have missed, from storage: every followed conversation catches up,
   sessions ended meanwhile are closed, and each socket's conversations are
   checked against the memberships in storage.
+- Every few seconds it compares the heads of the conversations it follows
+  with storage. An event can be stored and never published: its node died
+  between the commit and the publish, or one PUBLISH failed while the
+  subscriber connection stayed up. Without this check the other nodes
+  would hear of it only with the conversation's next event.
 """
 
 from __future__ import annotations
@@ -26,6 +31,13 @@ logger = logging.getLogger(__name__)
 
 CONTROL_CHANNEL = "cluster"
 MEMBERS_CHANGED = "_members"
+#: How often followed conversations are compared with storage: the longest
+#: an event that was stored but never published stays unseen. Each check is
+#: one query per 500 conversations this node follows.
+HEAD_CHECK_S = 5.0
+#: How long a stored event may take to arrive through the bus before the
+#: check counts it as never published: publishing takes milliseconds.
+HEAD_GRACE_S = 1.0
 
 
 class SharedMemberCache(MemberCache):
@@ -54,10 +66,18 @@ class ClusterLink:
         self.members = members
         self._tasks: set[asyncio.Task[None]] = set()
         self.resyncs = 0
+        #: Conversations found behind storage by the head check.
+        self.unannounced = 0
+        self.head_check_s = HEAD_CHECK_S
+        self.head_grace_s = HEAD_GRACE_S
         members.link = self
 
     def start(self) -> None:
         self.node.hub.subscribe(CONTROL_CHANNEL, self)
+        if self.node.settings.redis_url:
+            # A node alone publishes to its own sockets in-process: nothing
+            # it stores can miss them.
+            self.node.background.append(asyncio.ensure_future(self._check_heads()))
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -88,6 +108,41 @@ class ClusterLink:
                 self.members.drop(conv_id)
 
     # Repairs.
+
+    async def _check_heads(self) -> None:
+        while True:
+            await asyncio.sleep(self.head_check_s)
+            try:
+                await self.check_heads()
+            except Exception:
+                # Storage is down: the next round tries again.
+                logger.warning("comparing conversation heads with storage failed")
+
+    async def check_heads(self) -> None:
+        """Catch up every followed conversation that storage shows ahead of
+        what this node passed on."""
+        hub = self.node.hub
+        cursors = hub.cursors()
+        if not cursors:
+            return
+        heads = await self.node.conversations.heads(
+            [uuid.UUID(channel[5:]) for channel in cursors]
+        )
+        behind = {
+            channel: heads[conv_id]
+            for channel, cursor in cursors.items()
+            if heads.get(conv_id := uuid.UUID(channel[5:]), 0) > cursor
+        }
+        if not behind:
+            return
+        # Events committed a moment ago are on their way: give them time.
+        await asyncio.sleep(self.head_grace_s)
+        for channel, head in behind.items():
+            cursor = hub.cursor(channel)
+            if cursor is not None and cursor < head:
+                self.unannounced += 1
+                logger.info("%s is behind storage (%d < %d)", channel, cursor, head)
+                hub.catch_up(channel, head)
 
     def on_reconnected(self) -> None:
         """The bus is back after losing its connection."""

@@ -175,6 +175,22 @@ class Hub:
             return None
         return entry.sequencer.cursor
 
+    def cursors(self) -> dict[str, int]:
+        """The newest seq passed on, for every conversation followed here."""
+        return {
+            channel: entry.sequencer.cursor
+            for channel, entry in self._channels.items()
+            if entry.sequencer is not None
+        }
+
+    def catch_up(self, channel: str, head: int) -> None:
+        """Storage holds ``channel`` up to ``head``: deliver what this node
+        has not passed on yet."""
+        entry = self._channels.get(channel)
+        sequencer = entry.sequencer if entry is not None else None
+        if sequencer is not None and head > sequencer.cursor:
+            sequencer.catch_up(head)
+
     @property
     def channel_count(self) -> int:
         return len(self._channels)

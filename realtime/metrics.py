@@ -212,6 +212,12 @@ class _NodeCollector(Collector):
             "Repairs from storage after the bus came back.",
             node.cluster.resyncs,
         )
+        yield _counter(
+            "squall_unannounced_repairs",
+            "Conversations the head check found behind storage (events stored "
+            "but never published).",
+            node.cluster.unannounced,
+        )
 
         presence = node.presence
         yield _gauge(

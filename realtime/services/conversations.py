@@ -59,6 +59,19 @@ class ConversationService:
             )
             return {conv_id: last_seq for conv_id, last_seq in rows}
 
+    async def heads(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+        """The newest seq of each of these conversations, one query per 500."""
+        found: dict[uuid.UUID, int] = {}
+        async with self.db.sessions() as session:
+            for start in range(0, len(ids), 500):
+                rows = await session.execute(
+                    select(Conversation.id, Conversation.last_seq).where(
+                        Conversation.id.in_(ids[start : start + 500])
+                    )
+                )
+                found.update({conv_id: last_seq for conv_id, last_seq in rows})
+        return found
+
     async def conversations_of(
         self, user_ids: set[uuid.UUID]
     ) -> dict[uuid.UUID, set[uuid.UUID]]:

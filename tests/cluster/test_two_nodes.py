@@ -161,3 +161,37 @@ async def test_concurrent_senders_on_both_nodes_keep_order_without_gaps(
     assert head == 1 + 4 * 2 * 15
     for i, seqs in seen.items():
         assert seqs == list(range(1, head + 1)), f"socket {i}: {seqs}"
+
+
+async def test_an_event_stored_but_never_published_reaches_the_other_node(
+    two_nodes: tuple[Running, Running], connect: Connect
+) -> None:
+    """As when a node dies between its commit and its publish: the other
+    node's sockets still get the event, found by the head check, without
+    waiting for the conversation's next event."""
+    a, b = two_nodes
+    alice = await register_and_login(a, "alice")
+    bob = await register_and_login(a, "bob")
+    owner = await connect(a, alice)
+    member = await connect(b, bob)
+    conv = await _group(owner, [bob])
+    await member.next_event(match=lambda e: e["event"] == "member.added")
+    b.node.cluster.head_grace_s = 0.1
+
+    bus = a.node.hub.bus
+    real_publish = bus.publish
+
+    async def lost(channel: str, payload: bytes) -> None:
+        pass
+
+    bus.publish = lost  # type: ignore[method-assign]
+    try:
+        await _send(owner, conv, "unannounced")
+    finally:
+        bus.publish = real_publish  # type: ignore[method-assign]
+    # What the node's loop does every few seconds.
+    await b.node.cluster.check_heads()
+
+    new = await member.next_event(match=lambda e: e["event"] == "message.new")
+    assert (new["seq"], new["data"]["text"]) == (2, "unannounced")
+    assert b.node.cluster.unannounced >= 1
