@@ -132,7 +132,7 @@ async def test_sent_events_match_the_event_table(
     # A warning window longer than a token's life: session.expiring at once.
     monkeypatch.setattr(app.settings, "ws_expiry_warning_s", 10_000.0)
     carol = await register_and_login(app, "carol")
-    url = app.base_url.replace("http", "ws", 1) + "/v1/ws"
+    url = app.ws_url
     a = SquallClient(url, alice.access)
     b = SquallClient(url, bob.access, codec="msgpack")
     c = SquallClient(url, carol.access)

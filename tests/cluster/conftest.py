@@ -112,10 +112,6 @@ def pytest_runtest_makereport(
     return report
 
 
-def ws_url(node: Running) -> str:
-    return node.base_url.replace("http", "ws", 1) + "/v1/ws"
-
-
 Connect = Callable[..., Awaitable[SquallClient]]
 
 
@@ -131,7 +127,7 @@ async def connect() -> AsyncIterator[Connect]:
     ) -> SquallClient:
         if isinstance(where, Running):
             options.setdefault("reconnect", False)
-            urls: str | list[str] = ws_url(where)
+            urls: str | list[str] = where.ws_url
         else:
             urls = where
         client = SquallClient(urls, user.access, **options)  # type: ignore[arg-type]

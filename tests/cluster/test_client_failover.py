@@ -16,7 +16,7 @@ import pytest
 from protocol.backoff import Backoff
 from protocol.client import Closed, Disconnected
 from protocol.close_codes import CloseCode
-from tests.cluster.conftest import Connect, ws_url
+from tests.cluster.conftest import Connect
 from tests.conftest import Running, register_and_login
 
 pytestmark = pytest.mark.postgres
@@ -42,8 +42,8 @@ async def test_a_call_made_while_reconnecting_waits_for_the_next_node(
 ) -> None:
     a, b = two_nodes
     alice = await register_and_login(a, "alice")
-    client = await connect([ws_url(a), ws_url(b)], alice, backoff=SteadyBackoff())
-    assert client.url == ws_url(a)
+    client = await connect([a.ws_url, b.ws_url], alice, backoff=SteadyBackoff())
+    assert client.url == a.ws_url
 
     for conn in a.node.connections.open_sockets():
         conn.close_when_idle()
@@ -51,7 +51,7 @@ async def test_a_call_made_while_reconnecting_waits_for_the_next_node(
 
     # Between connections: the call waits for the next one.
     assert (await client.call("ping", timeout=5))["pong"]
-    assert client.url == ws_url(b)
+    assert client.url == b.ws_url
     assert client.connects == 2
     assert len(b.node.connections) == 1
 
@@ -63,7 +63,7 @@ async def test_a_call_fails_retryable_when_no_node_answers_in_time(
     alice = await register_and_login(a, "alice")
     # The second URL is a port nothing listens on.
     client = await connect(
-        [ws_url(a), "ws://127.0.0.1:9/v1/ws"], alice, backoff=SteadyBackoff()
+        [a.ws_url, "ws://127.0.0.1:9/v1/ws"], alice, backoff=SteadyBackoff()
     )
     for conn in a.node.connections.open_sockets():
         conn.close_when_idle()
@@ -74,7 +74,7 @@ async def test_a_call_fails_retryable_when_no_node_answers_in_time(
     assert info.value.retryable
     # It keeps trying, and is back on the first node soon.
     await _until(lambda: client.connects == 2, timeout=10)
-    assert client.url == ws_url(a)
+    assert client.url == a.ws_url
     assert (await client.call("ping"))["pong"]
 
     await client.close()
@@ -88,8 +88,8 @@ async def test_a_client_connects_to_the_first_node_that_answers(
 ) -> None:
     _, b = two_nodes
     alice = await register_and_login(b, "alice")
-    client = await connect(["ws://127.0.0.1:9/v1/ws", ws_url(b)], alice)
-    assert client.url == ws_url(b)
+    client = await connect(["ws://127.0.0.1:9/v1/ws", b.ws_url], alice)
+    assert client.url == b.ws_url
 
 
 async def test_a_send_cut_off_after_its_commit_is_retried_and_delivered_once(
@@ -104,8 +104,8 @@ async def test_a_send_cut_off_after_its_commit_is_retried_and_delivered_once(
     a, b = two_nodes
     alice = await register_and_login(a, "alice")
     bob = await register_and_login(a, "bob")
-    sender = await connect([ws_url(a), ws_url(b)], alice, backoff=SteadyBackoff())
-    receiver = await connect([ws_url(b)], bob)
+    sender = await connect([a.ws_url, b.ws_url], alice, backoff=SteadyBackoff())
+    receiver = await connect([b.ws_url], bob)
     conv = await sender.call(
         "conversation.create", {"kind": "group", "title": "g", "member_ids": [bob.id]}
     )
@@ -133,7 +133,7 @@ async def test_a_send_cut_off_after_its_commit_is_retried_and_delivered_once(
 
     again = await sender.call("message.send", params)
     assert again["seq"] == 2
-    assert sender.url == ws_url(b)
+    assert sender.url == b.ws_url
 
     new = await receiver.next_event(match=lambda e: e["event"] == "message.new")
     assert (new["seq"], new["data"]["client_msg_id"]) == (2, "once")

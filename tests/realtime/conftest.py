@@ -23,10 +23,9 @@ Connect = Callable[..., Awaitable[SquallClient]]
 @pytest.fixture
 async def connect(app: Running) -> AsyncIterator[Connect]:
     clients: list[SquallClient] = []
-    ws_url = app.base_url.replace("http", "ws", 1) + "/v1/ws"
 
     async def make(user: User, **kwargs: object) -> SquallClient:
-        client = SquallClient(ws_url, user.access, **kwargs)  # type: ignore[arg-type]
+        client = SquallClient(app.ws_url, user.access, **kwargs)  # type: ignore[arg-type]
         # Kept before connecting, so that a failed connect is closed too.
         clients.append(client)
         await client.connect()
@@ -40,10 +39,6 @@ async def connect(app: Running) -> AsyncIterator[Connect]:
 # Raw sockets: for frames the reference client would never send.
 
 RawConnect = Callable[..., Awaitable[WebSocketClientConnection]]
-
-
-def ws_url(app: Running) -> str:
-    return app.base_url.replace("http", "ws", 1) + "/v1/ws"
 
 
 @pytest.fixture
@@ -60,7 +55,7 @@ async def raw(app: Running) -> AsyncIterator[RawConnect]:
         all_headers = dict(headers or {})
         if token is not None:
             all_headers["Authorization"] = f"Bearer {token}"
-        request = HTTPRequest(ws_url(app), headers=all_headers)
+        request = HTTPRequest(app.ws_url, headers=all_headers)
         conn = await websocket_connect(request, subprotocols=[subprotocol])
         conns.append(conn)
         return conn

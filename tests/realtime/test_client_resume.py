@@ -64,7 +64,7 @@ async def test_a_resume_throttled_between_pages_asks_again(
             update(Conversation).where(Conversation.id == conv).values(last_seq=EVENTS)
         )
 
-    url = node.base_url.replace("http", "ws", 1) + "/v1/ws"
+    url = node.ws_url
     client = SquallClient(url, alice.access, positions={str(conv): 0})
     seqs: list[int] = []
     try:

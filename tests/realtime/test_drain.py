@@ -36,7 +36,7 @@ async def test_drain_closes_sockets_over_the_window_after_running_requests(
 ) -> None:
     node = draining_node
     user = await register_and_login(node, "drained")
-    url = node.base_url.replace("http", "ws", 1) + "/v1/ws"
+    url = node.ws_url
     clients = [SquallClient(url, user.access, reconnect=False) for _ in range(12)]
     for client in clients:
         await client.connect()

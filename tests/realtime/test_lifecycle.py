@@ -22,7 +22,7 @@ async def test_expiring_token_warns_then_closes_4003(
     monkeypatch.setattr(app.node.tokens, "access_ttl_s", 3)
     monkeypatch.setattr(app.node.settings, "ws_expiry_warning_s", 2.0)
     user = await register_and_login(app, "shortlived")
-    url = app.base_url.replace("http", "ws", 1) + "/v1/ws"
+    url = app.ws_url
     client = SquallClient(url, user.access, reconnect=False)
     await client.connect()
     try:
@@ -42,7 +42,7 @@ async def test_fresh_token_keeps_the_socket(
     """`auth` with a fresh token on a live socket postpones the expiry."""
     monkeypatch.setattr(app.node.tokens, "access_ttl_s", 3)
     user = await register_and_login(app, "renewer")
-    url = app.base_url.replace("http", "ws", 1) + "/v1/ws"
+    url = app.ws_url
     client = SquallClient(url, user.access, reconnect=False)
     await client.connect()
     try:

@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 
 from protocol.client import SquallClient
 from tests.conftest import Running, User, register_and_login
-from tests.realtime.conftest import ws_url
 
 Event = dict[str, Any]
 
@@ -79,7 +78,7 @@ async def test_receiver_gets_every_acknowledged_message_once_in_order(
     rounds: list[tuple[set[int], int, str]],
 ) -> None:
     """Every acked message reaches the resuming receiver once, in order, no gap."""
-    url = ws_url(app)
+    url = app.ws_url
     clients: list[SquallClient] = []
 
     async def open_client(user: User, **kwargs: Any) -> SquallClient:
