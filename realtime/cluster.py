@@ -125,24 +125,21 @@ class ClusterLink:
         cursors = hub.cursors()
         if not cursors:
             return
-        heads = await self.node.conversations.heads(
-            [uuid.UUID(channel[5:]) for channel in cursors]
-        )
+        ids = {channel: uuid.UUID(channel[5:]) for channel in cursors}
+        heads = await self.node.conversations.heads(list(ids.values()))
         behind = {
-            channel: heads[conv_id]
+            channel: heads[ids[channel]]
             for channel, cursor in cursors.items()
-            if heads.get(conv_id := uuid.UUID(channel[5:]), 0) > cursor
+            if heads.get(ids[channel], 0) > cursor
         }
         if not behind:
             return
         # Events committed a moment ago are on their way: give them time.
         await asyncio.sleep(self.head_grace_s)
         for channel, head in behind.items():
-            cursor = hub.cursor(channel)
-            if cursor is not None and cursor < head:
+            if hub.catch_up(channel, head):
                 self.unannounced += 1
-                logger.info("%s is behind storage (%d < %d)", channel, cursor, head)
-                hub.catch_up(channel, head)
+                logger.info("%s is behind storage (head %d)", channel, head)
 
     def on_reconnected(self) -> None:
         """The bus is back after losing its connection."""

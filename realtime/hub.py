@@ -183,13 +183,15 @@ class Hub:
             if entry.sequencer is not None
         }
 
-    def catch_up(self, channel: str, head: int) -> None:
+    def catch_up(self, channel: str, head: int) -> bool:
         """Storage holds ``channel`` up to ``head``: deliver what this node
-        has not passed on yet."""
+        has not passed on yet. False if it had passed all of it on."""
         entry = self._channels.get(channel)
         sequencer = entry.sequencer if entry is not None else None
-        if sequencer is not None and head > sequencer.cursor:
-            sequencer.catch_up(head)
+        if sequencer is None or head <= sequencer.cursor:
+            return False
+        sequencer.catch_up(head)
+        return True
 
     @property
     def channel_count(self) -> int:

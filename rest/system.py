@@ -124,7 +124,7 @@ ROUTES = (
         (
             Operation(
                 "get",
-                "Readiness: storage reachable, bus healthy, not draining",
+                "Readiness: storage reachable, bus and presence healthy, not draining",
                 result=Readiness,
                 auth=False,
                 description="200 when ready; 503 with the same body when not, "

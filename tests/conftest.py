@@ -131,7 +131,12 @@ class User:
 async def register_and_login(
     app: Running, username: str, password: str = "correct horse battery"
 ) -> User:
-    async with app.client() as http:
+    return await register_at(app.base_url, username, password)
+
+
+async def register_at(base_url: str, username: str, password: str) -> User:
+    """A registered, logged-in user, through the REST API at ``base_url``."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
         r = await http.post(
             "/v1/auth/register", json={"username": username, "password": password}
         )

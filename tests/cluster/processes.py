@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import TEST_SECRET, User
+from tests.conftest import TEST_SECRET, User, register_at
 
 _SCRIPT = Path(sys.executable).with_name("squall")
 #: The installed command where there is one, as an operator runs it.
@@ -203,26 +203,8 @@ class Cluster:
 
     async def register(self, username: str, node: NodeProcess | None = None) -> User:
         """A registered, logged-in user, through a node's REST API."""
-        username = f"{username}-{self.tag}"
         base = (node or self.nodes[0]).base_url
-        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-            r = await http.post(
-                "/v1/auth/register", json={"username": username, "password": PASSWORD}
-            )
-            assert r.status_code == 201, r.text
-            r = await http.post(
-                "/v1/auth/login", json={"username": username, "password": PASSWORD}
-            )
-            assert r.status_code == 200, r.text
-            body = r.json()
-        return User(
-            id=body["user"]["id"],
-            username=username,
-            password=PASSWORD,
-            access=body["access_token"],
-            refresh=body["refresh_token"],
-            session_id=body["session_id"],
-        )
+        return await register_at(base, f"{username}-{self.tag}", PASSWORD)
 
     async def rpc(
         self, user: User, method: str, params: dict[str, Any], node: NodeProcess
